@@ -65,3 +65,16 @@ def use_triton(t: torch.Tensor) -> bool:
                                       " (triton not installed)" if not _HAVE_TRITON else " (no CUDA tensor)")
         log.info("kernels: using the %s path%s", path, why)
     return triton_path
+
+
+def grouped_conv_gelu_mean(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           offsets: tuple, patch_len: int) -> torch.Tensor:
+    """All N per-network tokenizer convs + GELU + time mean (see tokenizer_conv.py for the math).
+
+    x (B, C, T') ROIs sorted by network, weight (C, K, D), bias (N, D) -> (B, N, P, D)."""
+    from . import tokenizer_conv
+    # looked up lazily so the model runs before (or without) the Triton implementation
+    triton_impl = getattr(tokenizer_conv, "grouped_conv_gelu_mean_triton", None)
+    if triton_impl is not None and use_triton(x):
+        return triton_impl(x, weight, bias, offsets, patch_len)
+    return tokenizer_conv.grouped_conv_gelu_mean_reference(x, weight, bias, offsets, patch_len)
