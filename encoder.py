@@ -1,0 +1,127 @@
+"""The Brain-Semantoks encoder (SPEC §5): semantic tokenizer + a ViT over network x patch tokens.
+
+x (B, C, T') -> tokenizer -> Z (B, N, P, D) -> masked tokens replaced by one learned mask
+embedding -> + learned network embedding (N, D) + fixed sin-cos temporal embedding (P, D) ->
+flatten network-major (token n*P + p) -> prepend CLS (no position) -> pre-LN blocks with
+LayerScale -> final LayerNorm. Returns CLS (B, D) and tokens (B, N*P, D).
+
+    python -c "import encoder, networks; e = encoder.Encoder(encoder.EncoderConfig.preset('demo'), networks.default_network_map()); print(sum(p.numel() for p in e.parameters()))"
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tokenizer import SemanticTokenizer
+
+
+@dataclass
+class EncoderConfig:
+    dim: int = 768              # D, token width
+    depth: int = 8              # transformer blocks
+    heads: int = 12             # attention heads (D / heads = 64 at paper size)
+    mlp_ratio: int = 4          # MLP hidden = mlp_ratio * D
+    patch_len: int = 20         # L, time points per patch
+    crop_len: int = 100         # T', time points per crop -> P = T' / L patches
+    n_scales: int = 3           # SGConv scales -> 16-tap kernels
+    layerscale_init: float = 0.1
+    proj_hidden: int = 1024     # projection head hidden width (SPEC §6)
+    proj_dim: int = 128         # p, projection output dim
+
+    @classmethod
+    def preset(cls, name):
+        """"paper": D 768, depth 8, 12 heads (SPEC). "demo": D 192, depth 4, 3 heads (CPU in minutes)."""
+        presets = {"paper": dict(dim=768, depth=8, heads=12), "demo": dict(dim=192, depth=4, heads=3)}
+        if name not in presets:
+            raise ValueError(f"unknown encoder preset {name!r}; choose one of {sorted(presets)}")
+        return cls(**presets[name])
+
+
+def sincos_embedding(n_pos, dim):
+    """Fixed 1-D sin-cos position embedding (n_pos, dim): [sin(pos*w_i), cos(pos*w_i)], w_i = 10000^(-2i/dim)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angle = torch.arange(n_pos, dtype=torch.float64)[:, None] * omega    # (P, D/2)
+    return torch.cat([angle.sin(), angle.cos()], 1).float()              # (P, D)
+
+
+class Attention(nn.Module):
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, S, D = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, S, D/h)
+        x = F.scaled_dot_product_attention(q, k, v)                      # (B, h, S, D/h)
+        return self.proj(x.transpose(1, 2).reshape(B, S, D))
+
+
+class Block(nn.Module):
+
+    def __init__(self, dim, heads, mlp_ratio, layerscale_init):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.ls1 = nn.Parameter(torch.full((dim,), layerscale_init))
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.ls2 = nn.Parameter(torch.full((dim,), layerscale_init))
+
+    def forward(self, x):
+        x = x + self.ls1 * self.attn(self.norm1(x))
+        return x + self.ls2 * self.mlp(self.norm2(x))
+
+
+class Encoder(nn.Module):
+
+    def __init__(self, config: EncoderConfig, network_map):
+        super().__init__()
+        if config.crop_len % config.patch_len:
+            raise ValueError(f"crop_len {config.crop_len} is not a multiple of patch_len {config.patch_len}")
+        self.config = config
+        D = config.dim
+        self.tokenizer = SemanticTokenizer(network_map, D, config.patch_len, config.n_scales)
+        self.n_networks = self.tokenizer.n_networks
+        self.n_patches = config.crop_len // config.patch_len
+        self.mask_token = nn.Parameter(torch.randn(1, D) * 0.02)
+        self.network_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(self.n_networks, D), std=0.02))
+        self.cls_token = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, D), std=0.02))
+        self.register_buffer("time_embed", sincos_embedding(self.n_patches, D), persistent=False)
+        self.blocks = nn.ModuleList(Block(D, config.heads, config.mlp_ratio, config.layerscale_init)
+                                    for _ in range(config.depth))
+        self.norm = nn.LayerNorm(D)
+        for mod in self.blocks.modules():  # DINO init; the tokenizer keeps its own
+            if isinstance(mod, nn.Linear):
+                nn.init.trunc_normal_(mod.weight, std=0.02)
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
+
+    def forward(self, x, mask=None):
+        """x (B, C, T'), mask bool (B, N, P) or None -> (cls (B, D), tokens (B, N*P, D))."""
+        z = self.tokenizer(x)                                            # (B, N, P, D)
+        B, N, P, D = z.shape
+        if P != self.n_patches:
+            raise ValueError(f"a crop of {x.shape[-1]} time points gives {P} patches, but the encoder "
+                             f"was built for crop_len={self.config.crop_len} ({self.n_patches} patches)")
+        if mask is not None:
+            if mask.shape != (B, N, P):
+                raise ValueError(f"mask must be (B, N, P) = {(B, N, P)}, got {tuple(mask.shape)}")
+            z = torch.where(mask[..., None], self.mask_token.to(z.dtype), z)
+        z = z + self.network_embed[:, None] + self.time_embed           # (B, N, P, D)
+        z = torch.cat([self.cls_token.expand(B, -1, -1), z.reshape(B, N * P, D)], 1)  # (B, 1+N*P, D)
+        for blk in self.blocks:
+            z = blk(z)
+        z = self.norm(z)
+        return z[:, 0], z[:, 1:]
+
+    def features(self, x):
+        """Probe features (B, 2D) = concat[mean of the N*P output tokens, CLS] (SPEC §9); no mask.
+        Gradients flow as usual: wrap in torch.no_grad() for frozen extraction."""
+        cls, tokens = self(x)
+        return torch.cat([tokens.mean(1), cls], -1)
