@@ -1,0 +1,125 @@
+"""Projection head and the SimDINO-style self-distillation losses of Brain-Semantoks (SPEC §6-7).
+
+No softmax, centring or temperature: the student is pulled towards the teacher by a cosine
+(compression) while a coding-rate term keeps the batch of projections spread out (expansion).
+
+    R_eps(Z)  = 1/2 logdet(I_p + p/(m eps) Z^T Z)                    Z (m, p), eps = 0.05
+    comp      = 1/2 [mean_b cos(t1_b, s2_b) + mean_b cos(t2_b, s1_b)]   (cross-view pairs)
+    expa      = gamma * 1/2 sum_v R_eps((s_v + t_v) / 2),   gamma = (p + m) / (p m)
+    L_MCR     = -comp - expa
+
+L_CLS = L_MCR on projected CLS tokens; L_TTR = L_MCR on projected per-network token means;
+L_Tok = -cos(head(teacher token), head(student token)) at masked positions. Teacher inputs are
+detached here, so callers may pass teacher outputs that still carry a graph. Under DDP the caller
+gathers projections across ranks first: m is always the number of rows given.
+
+    python -m pytest -q tests/test_losses.py
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+
+
+class ProjectionHead(nn.Module):
+    """Linear(D -> hidden) -> GELU -> Linear(hidden -> p) -> L2-normalise (SPEC §6)."""
+
+    def __init__(self, dim, hidden=1024, out=128):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out)
+        for fc in (self.fc1, self.fc2):
+            nn.init.trunc_normal_(fc.weight, std=0.02)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x):
+        return F.normalize(self.fc2(F.gelu(self.fc1(x))), dim=-1)
+
+
+def _exact(z):
+    """Loss statistics are computed in float32 at least (float64 stays float64), outside autocast."""
+    return z.float() if z.dtype not in (torch.float32, torch.float64) else z
+
+
+def coding_rate(z, eps=0.05):
+    """R_eps(Z) = 1/2 logdet(I_p + p/(m eps) Z^T Z) for Z (m, p), via Cholesky (A is SPD)."""
+    if z.ndim != 2:
+        raise ValueError(f"coding_rate expects Z of shape (m, p), got {tuple(z.shape)}")
+    m, p = z.shape
+    with torch.autocast(z.device.type, enabled=False):
+        z = _exact(z)
+        a = torch.eye(p, dtype=z.dtype, device=z.device) + (p / (m * eps)) * (z.T @ z)  # (p, p)
+        return torch.linalg.cholesky(a).diagonal().log().sum()         # 1/2 logdet = sum log diag(L)
+
+
+def _check_views(student_views, teacher_views):
+    if len(student_views) != 2 or len(teacher_views) != 2:
+        raise ValueError(f"expected 2 student and 2 teacher views, got {len(student_views)} and {len(teacher_views)}")
+    shapes = {tuple(v.shape) for v in (*student_views, *teacher_views)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"all views must share one (m, p) shape, got {sorted(shapes)}")
+
+
+def mcr_loss_reference(student_views, teacher_views, eps=0.05):
+    """L_MCR (SPEC §7) in plain PyTorch, the ground truth. Views: 2-tuples of (m, p) -> (loss, comp, expa)."""
+    _check_views(student_views, teacher_views)
+    with torch.autocast(student_views[0].device.type, enabled=False):
+        s1, s2 = (_exact(s) for s in student_views)
+        t1, t2 = (_exact(t.detach()) for t in teacher_views)
+        m, p = s1.shape
+        comp = 0.5 * (F.cosine_similarity(t1, s2, dim=-1).mean() + F.cosine_similarity(t2, s1, dim=-1).mean())
+        gamma = (p + m) / (p * m)
+        expa = gamma * 0.5 * (coding_rate((s1 + t1) / 2, eps) + coding_rate((s2 + t2) / 2, eps))
+        return -comp - expa, comp, expa
+
+
+def mcr_loss(student_views, teacher_views, eps=0.05):
+    """L_MCR: the Triton kernel (kernels.mcr_loss) where kernels.use_triton says so, else the reference."""
+    impl = getattr(kernels, "mcr_loss", None)  # optional: the model works without the kernel
+    if impl is not None and kernels.use_triton(student_views[0]):
+        return impl(student_views, teacher_views, eps)
+    return mcr_loss_reference(student_views, teacher_views, eps)
+
+
+def ttr_loss(student_tokens, teacher_tokens, head, n_networks, n_patches, teacher_head=None, eps=0.05):
+    """L_TTR: per view, each network's P output tokens are averaged (masked positions included),
+    projected and flattened to (B*N, p); then L_MCR across the two views with m = B*N.
+
+    student_tokens / teacher_tokens: 2-tuples of (B, N*P, D). `teacher_head` projects the teacher
+    tokens (the EMA head; default `head`). Returns (loss, comp, expa)."""
+
+    def summarise(tokens, h):
+        B, S, D = tokens.shape
+        if S != n_networks * n_patches:
+            raise ValueError(f"tokens have {S} positions but N*P = {n_networks}*{n_patches} = {n_networks * n_patches}")
+        z = tokens.reshape(B, n_networks, n_patches, D).mean(2)        # (B, N, D)
+        return h(z).reshape(B * n_networks, -1)                         # (B*N, p)
+
+    s = [summarise(t, head) for t in student_tokens]
+    with torch.no_grad():
+        t = [summarise(t.detach(), teacher_head or head) for t in teacher_tokens]
+    return mcr_loss(s, t, eps)
+
+
+def token_loss(student_tok_proj, teacher_tok_proj, mask):
+    """L_Tok for ONE view: -cos(teacher, student) at masked positions, averaged over each sample's
+    masked tokens, then over the samples that have any (the caller averages over views).
+
+    student_tok_proj, teacher_tok_proj: projected tokens (B, N*P, p) or (B, N, P, p), from the
+    masked student and the unmasked teacher of the same view; mask: bool (B, N, P) or (B, N*P).
+    Returns 0 (still attached to the graph) if nothing is masked."""
+    B, p = student_tok_proj.shape[0], student_tok_proj.shape[-1]
+    s = student_tok_proj.reshape(B, -1, p)                              # (B, N*P, p)
+    t = teacher_tok_proj.detach().reshape(B, -1, p)                     # (B, N*P, p)
+    mask = mask.reshape(B, -1)                                          # (B, N*P)
+    if s.shape != t.shape or mask.shape != s.shape[:2]:
+        raise ValueError(f"token_loss shapes disagree: student {tuple(student_tok_proj.shape)}, "
+                         f"teacher {tuple(teacher_tok_proj.shape)}, mask {tuple(mask.shape)}")
+    with torch.autocast(s.device.type, enabled=False):
+        cos = F.cosine_similarity(_exact(s), _exact(t), dim=-1)         # (B, N*P)
+        w = mask.to(cos.dtype)
+        count = w.sum(1)                                                # (B,)
+        per_sample = (cos * w).sum(1) / count.clamp(min=1)              # (B,)
+        has = (count > 0).to(cos.dtype)
+        return -(per_sample * has).sum() / has.sum().clamp(min=1)
