@@ -1,0 +1,687 @@
+"""Linear probing of a frozen Brain-Semantoks teacher: how a pretrained model is judged (SPEC §9).
+
+    python probe.py --ckpt runs/demo/teacher.pt --task sz                   # built-in synthetic cohort
+    python probe.py --ckpt teacher.pt --data scans.npy --labels labels.csv --task age --bins 3
+    python probe.py --ckpt teacher.pt --data derivatives/xcpd/ --labels participants.tsv --task dx
+
+Features: every scan gives 8 evenly spaced crops (data.probe_crops); each crop goes through the frozen
+teacher's `features()` (mean of the N·P output tokens ‖ CLS, 2D values). Features are cached on disk
+per checkpoint and data, so probing several tasks extracts them once.
+
+Probe: a linear model on standardised features, every crop one training sample. Subjects (not scans,
+not crops) are split train/val/test 4:1:8, stratified by class; all scans of a subject land in one
+split. The regularisation strength is picked on val; val and test scores are the class probabilities
+(or predictions) averaged over all crops of a subject, then the metric. 10 repeats, seeds 0-9,
+mean ± std. The same splits also score two baselines: functional connectivity (Fisher-z Pearson
+correlations over the whole scan, one sample per scan) and a randomly initialised encoder of the
+checkpoint's config. Outputs: a table on stdout, probe_<task>.json (every split's numbers) and
+probe_<task>.png next to the checkpoint.
+
+Labels: a CSV/TSV with one column per task. With a `subject` (or `subject_id`, `participant_id`)
+column, rows are matched to scans by subject id (a leading "sub-" is ignored) when the data carry
+ids (a folder of BIDS-named files); for a single array file, whose scans carry no ids, rows are
+scans in order and the subject column says which scans belong to one subject. Without a subject
+column, rows are scans in order.
+"""
+import argparse
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
+from sklearn.preprocessing import StandardScaler
+import torch
+
+import data
+from checkpoint import load_teacher
+from encoder import Encoder
+
+C_GRID = np.logspace(-4, 1, 6)        # LogisticRegression C, strongest regularisation first (warm starts)
+ALPHA_GRID = np.logspace(-2, 6, 9)    # Ridge alpha
+MAX_CLASSES = 10                      # auto task type: at most this many distinct values -> classes
+SUBJECT_COLUMNS = ("subject", "subject_id", "participant_id")
+MISSING = {"", "na", "nan", "n/a", "none", "null", "?"}
+METRICS = {"classification": ("balanced_accuracy", "auroc"), "regression": ("mae", "r2", "pearson_r")}
+METHOD_TITLES = {"teacher": "pretrained teacher", "random": "random-init encoder", "fc": "FC (Fisher-z)"}
+
+
+# ----------------------------------------------------------------------------------------------
+# labels -> task
+
+def read_labels(path):
+    """CSV or TSV with a header row -> (column names, rows as lists of stripped strings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"labels file not found: {path}")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        text = f.read()
+    delim = "\t" if path.suffix.lower() == ".tsv" or ("\t" in text.split("\n", 1)[0]) else ","
+    rows = [[v.strip() for v in r] for r in csv.reader(text.splitlines(), delimiter=delim) if any(v.strip() for v in r)]
+    if len(rows) < 2:
+        raise ValueError(f"labels file {path} needs a header row and at least one data row")
+    header, rows = rows[0], rows[1:]
+    for i, r in enumerate(rows):
+        if len(r) != len(header):
+            raise ValueError(f"labels file {path}: row {i + 2} has {len(r)} fields, the header has {len(header)}")
+    return header, rows
+
+
+def _norm_id(s):
+    s = str(s).strip()
+    return s[4:] if s.lower().startswith("sub-") else s
+
+
+def scan_labels(header, rows, task, scan_subjects, data_has_ids):
+    """Tie label rows to scans. Returns (raw value or None per scan, subject id per scan, notes).
+
+    data_has_ids: whether `scan_subjects` came from the data (file names) rather than being
+    placeholders; only then can rows be matched by id."""
+    if task not in header:
+        cols = [h for h in header if h.lower() not in SUBJECT_COLUMNS]
+        raise ValueError(f"unknown task '{task}': the labels file has no such column; available: {', '.join(cols)}")
+    col = header.index(task)
+    sub_col = next((header.index(h) for h in header if h.lower() in SUBJECT_COLUMNS), None)
+    n = len(scan_subjects)
+    notes = []
+
+    def value(r):
+        return None if r[col].lower() in MISSING else r[col]
+
+    if sub_col is not None and data_has_ids:
+        by_id = {}
+        for r in rows:
+            sid = _norm_id(r[sub_col])
+            if sid in by_id and by_id[sid] != value(r):
+                raise ValueError(f"subject {r[sub_col]} appears twice in the labels with different '{task}' "
+                                 f"values ({by_id[sid]}, {value(r)}); give one row per subject")
+            by_id[sid] = value(r)
+        ids = [_norm_id(s) for s in scan_subjects]
+        hit = sum(i in by_id for i in ids)
+        if hit == 0:
+            raise ValueError(f"no subject in the labels matches a scan's subject id (labels: "
+                             f"{', '.join(list(by_id)[:3])}, ...; scans: {', '.join(ids[:3])}, ...)")
+        if hit < n:
+            notes.append(f"{n - hit} scan(s) have no row in the labels file")
+        unused = len(set(by_id) - set(ids))
+        if unused:
+            notes.append(f"{unused} labelled subject(s) have no scan")
+        return [by_id.get(i) for i in ids], list(scan_subjects), notes
+
+    if len(rows) != n:
+        how = ("the data carry no subject ids, so rows are matched to scans in order"
+               if sub_col is not None else "without a subject column rows are matched to scans in order")
+        raise ValueError(f"the labels file has {len(rows)} rows but there are {n} scans; {how}")
+    subjects = [r[sub_col] for r in rows] if sub_col is not None else list(scan_subjects)
+    return [value(r) for r in rows], subjects, notes
+
+
+@dataclass
+class Task:
+    """One probing target, reduced to subjects (the unit of splitting and scoring)."""
+    name: str
+    kind: str                 # "classification" | "regression"
+    y: np.ndarray             # (U,) class index (int) or target (float) per subject
+    subjects: list            # (U,) subject ids
+    scans: np.ndarray         # (S',) indices of the scans that have a label
+    unit: np.ndarray          # (S',) subject index of each of those scans
+    classes: list = None      # class names (classification)
+    n_missing: int = 0        # scans dropped for lack of a label
+    notes: list = field(default_factory=list)
+
+
+def make_task(name, values, subjects, task_type="auto", bins=None):
+    """Raw per-scan label strings (None = missing) -> Task. Decides classes vs regression, bins a
+    continuous target into quantile classes, and collapses scans to subjects."""
+    keep = np.array([v is not None for v in values], dtype=bool)
+    n_missing = int((~keep).sum())
+    if not keep.any():
+        raise ValueError(f"task '{name}': every scan's label is missing")
+    vals = [v for v in values if v is not None]
+    try:
+        num = np.array([float(v) for v in vals])
+        numeric = bool(np.isfinite(num).all())
+    except ValueError:
+        num, numeric = None, False
+    n_distinct = len(set(vals))
+    if bins is not None:
+        if task_type == "regression":
+            raise ValueError("--bins turns the target into classes; it cannot be combined with --task-type regression")
+        if not numeric:
+            raise ValueError(f"--bins needs a numeric target, but task '{name}' has non-numeric values")
+        kind = "classification"
+    elif task_type == "auto":
+        if numeric and n_distinct <= MAX_CLASSES and np.all(num == np.round(num)):
+            kind = "classification"
+        elif numeric:
+            kind = "regression"
+        elif n_distinct <= MAX_CLASSES:
+            kind = "classification"
+        else:
+            raise ValueError(f"task '{name}' has {n_distinct} distinct non-numeric values; that does not look like "
+                             f"classes (at most {MAX_CLASSES}); pass --task-type classification to force it")
+    else:
+        kind = task_type
+        if kind == "regression" and not numeric:
+            raise ValueError(f"task '{name}' has non-numeric values; a regression target must be numbers")
+
+    # subjects: order of first appearance among labelled scans
+    scan_idx = np.flatnonzero(keep)
+    kept_subj = [subjects[i] for i in scan_idx]
+    uniq = list(dict.fromkeys(kept_subj))
+    pos = {s: i for i, s in enumerate(uniq)}
+    unit = np.array([pos[s] for s in kept_subj], dtype=np.int64)
+    notes = []
+    if len(uniq) < len(scan_idx):
+        notes.append(f"{len(scan_idx)} scans from {len(uniq)} subjects: all scans of a subject share a split "
+                     f"and are scored together")
+
+    if kind == "regression" or bins is not None:
+        # several scans of one subject: their targets are averaged
+        tgt = np.bincount(unit, weights=num, minlength=len(uniq)) / np.bincount(unit, minlength=len(uniq))
+        if bins is None:
+            return Task(name, kind, tgt, uniq, scan_idx, unit, None, n_missing, notes)
+        if bins < 2:
+            raise ValueError("--bins must be at least 2")
+        edges = np.unique(np.quantile(tgt, np.linspace(0, 1, bins + 1)))
+        if len(edges) < 3:
+            raise ValueError(f"task '{name}' cannot be binned into {bins} quantile classes: too few distinct values")
+        y = np.searchsorted(edges[1:-1], tgt, side="right")
+        classes = [f"[{a:.4g}, {b:.4g}{']' if i == len(edges) - 2 else ')'}" for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]
+        if len(edges) - 1 < bins:
+            notes.append(f"only {len(edges) - 1} quantile bins are distinct (ties in the target)")
+        return Task(name, "classification", y, uniq, scan_idx, unit, classes, n_missing, notes)
+
+    classes = sorted(set(vals), key=(lambda v: float(v)) if numeric else str)
+    cls_of = {c: i for i, c in enumerate(classes)}
+    y = np.full(len(uniq), -1, dtype=np.int64)
+    for u, v in zip(unit, vals):
+        if y[u] >= 0 and y[u] != cls_of[v]:
+            raise ValueError(f"subject {uniq[u]} has scans with different '{name}' labels "
+                             f"({classes[y[u]]}, {v}); a class label must be constant within a subject")
+        y[u] = cls_of[v]
+    if len(classes) < 2:
+        raise ValueError(f"task '{name}' has a single class ({classes[0]}); nothing to probe")
+    return Task(name, kind, y, uniq, scan_idx, unit, classes, n_missing, notes)
+
+
+# ----------------------------------------------------------------------------------------------
+# splits
+
+def _split_counts(n, ratios):
+    """Largest-remainder allocation of n items to the ratios, every part at least 1."""
+    r = np.asarray(ratios, dtype=float) / sum(ratios)
+    counts = np.floor(n * r).astype(int)
+    frac = n * r - counts
+    for i in np.argsort(-frac, kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    for i in range(len(counts)):
+        while counts[i] < 1:
+            counts[np.argmax(counts)] -= 1
+            counts[i] += 1
+    return counts
+
+
+def split_subjects(task, ratios=(4, 1, 8), seed=0):
+    """Subject indices (train, val, test), deterministic for a seed; stratified per class."""
+    rng = np.random.default_rng(seed)
+    if task.kind == "classification":
+        groups = [np.flatnonzero(task.y == c) for c in range(len(task.classes))]
+    else:
+        groups = [np.arange(len(task.y))]
+    parts = [[], [], []]
+    for g in groups:
+        perm = rng.permutation(g)
+        for part, idx in zip(parts, np.split(perm, np.cumsum(_split_counts(len(g), ratios))[:-1])):
+            part.append(idx)
+    return tuple(np.sort(np.concatenate(p)) for p in parts)
+
+
+def check_splittable(task, ratios):
+    """Clear errors before any work: every class needs a subject in each of train/val/test, and a
+    regression needs two subjects in each (R², r)."""
+    if task.kind == "classification":
+        counts = np.bincount(task.y, minlength=len(task.classes))
+        for c, k in zip(task.classes, counts):
+            if k < len(ratios):
+                raise ValueError(f"class '{c}' of task '{task.name}' has {k} subject(s); a stratified "
+                                 f"train/val/test split needs at least {len(ratios)} per class "
+                                 f"(merge or drop the class)")
+    elif len(task.y) < 2 * len(ratios) or _split_counts(len(task.y), ratios).min() < 2:
+        raise ValueError(f"task '{task.name}' has {len(task.y)} labelled subjects; a regression probe needs "
+                         f"at least 2 subjects in each of train/val/test")
+
+
+# ----------------------------------------------------------------------------------------------
+# probe
+
+def _subject_mean(values, unit):
+    """values (M, k) per row, unit (M,) subject index per row -> (U, k) mean per subject, U = max+1."""
+    n = np.bincount(unit).astype(values.dtype)
+    out = np.zeros((len(n), values.shape[1]), dtype=values.dtype)
+    np.add.at(out, unit, values)
+    return out / n[:, None]
+
+
+def _rows(feats, task, subj):
+    """Crops of all scans of the given subjects -> X (M, F), local subject index (M,)."""
+    local = np.full(len(task.y), -1)
+    local[subj] = np.arange(len(subj))
+    sel = np.flatnonzero(local[task.unit] >= 0)                     # positions in task.scans
+    x = feats[task.scans[sel]]                                      # (s, K, F)
+    K = x.shape[1]
+    return x.reshape(-1, x.shape[-1]), np.repeat(local[task.unit[sel]], K)   # (s*K, F), (s*K,)
+
+
+def classification_metrics(y, proba, n_classes):
+    pred = proba.argmax(1)
+    try:
+        if n_classes == 2:
+            auc = roc_auc_score(y, proba[:, 1])
+        else:
+            auc = roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=np.arange(n_classes))
+    except ValueError:                                              # a class absent from this split
+        auc = float("nan")
+    return {"balanced_accuracy": float(balanced_accuracy_score(y, pred)), "auroc": float(auc)}
+
+
+def regression_metrics(y, pred):
+    r = stats.pearsonr(y, pred)[0] if np.std(pred) > 0 and np.std(y) > 0 else float("nan")
+    return {"mae": float(mean_absolute_error(y, pred)), "r2": float(r2_score(y, pred)), "pearson_r": float(r)}
+
+
+def probe_split(feats, task, split, max_iter=1000):
+    """Fit one linear probe on a split and score it.
+
+    feats (S, K, F): K samples per scan (8 crops; 1 for FC). Returns a dict with the chosen
+    regularisation, val and test metrics, and the test subjects' predictions."""
+    train, val, test = split
+    x_tr, u_tr = _rows(feats, task, train)
+    y_tr = task.y[train][u_tr]
+    scaler = StandardScaler().fit(x_tr)
+    x_tr = scaler.transform(x_tr)
+    evals = [(scaler.transform(x), u) for x, u in (_rows(feats, task, val), _rows(feats, task, test))]
+    if x_tr.shape[0] < x_tr.shape[1]:
+        # Fewer samples than features (FC: ~10^5 values per scan): an L2-penalised linear model's
+        # weights lie in the span of the training rows, so fitting in that basis is exact and fast.
+        q, _ = np.linalg.qr(x_tr.T)                                 # (F, M) orthonormal
+        x_tr = x_tr @ q                                             # (M, M)
+        evals = [(x @ q, u) for x, u in evals]
+    classify = task.kind == "classification"
+    if classify:
+        model = LogisticRegression(max_iter=max_iter, class_weight="balanced", warm_start=True)
+        grid, key = C_GRID, "C"
+    else:
+        model, grid, key = Ridge(), ALPHA_GRID, "alpha"
+    best, unconverged = None, 0
+    for reg in grid:
+        model.set_params(**{key: reg})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(x_tr, y_tr)
+        unconverged += any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        out = []
+        for (x, u), subj in zip(evals, (val, test)):
+            p = model.predict_proba(x) if classify else model.predict(x)[:, None]
+            p = _subject_mean(p, u)                                 # (U_split, k): crops -> subject
+            y = task.y[subj]
+            out.append((classification_metrics(y, p, len(task.classes)) if classify
+                        else regression_metrics(y, p[:, 0]), p))
+        (m_val, _), (m_test, p_test) = out
+        score = (m_val["balanced_accuracy"], np.nan_to_num(m_val["auroc"])) if classify else (m_val["r2"],)
+        if best is None or score > best[0]:
+            best = (score, float(reg), m_val, m_test, p_test)
+    _, reg, m_val, m_test, p_test = best
+    res = {key: reg, "n_train": int(len(train)), "n_val": int(len(val)), "n_test": int(len(test)),
+           "val": m_val, "test": m_test, "unconverged_fits": int(unconverged)}
+    if classify:
+        res["confusion"] = _confusion(task.y[test], p_test.argmax(1), len(task.classes)).tolist()
+    return res
+
+
+def _confusion(y, pred, k):
+    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)   # rows true, cols predicted
+
+
+def run_probe(feats, task, seeds, ratios=(4, 1, 8), max_iter=1000):
+    """Every seed's split, one probe each -> {"repeats": [...], "summary": {metric: {mean, std}}}."""
+    repeats = []
+    for seed in seeds:
+        res = probe_split(feats, task, split_subjects(task, ratios, seed), max_iter)
+        repeats.append({"seed": int(seed), **res})
+    summary = {}
+    for m in METRICS[task.kind]:
+        v = np.array([r["test"][m] for r in repeats], dtype=float)
+        summary[m] = {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
+                      "std": float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")}
+    out = {"summary": summary, "repeats": repeats}
+    if task.kind == "classification":
+        out["confusion"] = np.sum([r["confusion"] for r in repeats], axis=0).tolist()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# features
+
+class Progress:
+    """One self-overwriting line on a terminal, a line every ~10 s otherwise (logs)."""
+
+    def __init__(self, label, total):
+        self.label, self.total, self.t0, self.last = label, total, time.time(), 0.0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done):
+        now = time.time()
+        if done < self.total and now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        msg = f"  {self.label}: {done}/{self.total} crops ({rate:.0f} crops/s)"
+        if self.tty:
+            print("\r" + msg, end="\n" if done >= self.total else "", file=sys.stderr, flush=True)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+
+def encoder_features(encoder, scans, n_crops=8, batch_size=64, device="cpu", label="features"):
+    """Frozen features of every probe crop -> (S, n_crops, 2D) float32.
+
+    Batched under inference_mode, bf16 autocast on CUDA."""
+    encoder = encoder.to(device).eval()
+    per_batch = max(1, batch_size // n_crops)                      # scans per forward
+    S, D2 = len(scans), 2 * encoder.config.dim
+    out = np.empty((S, n_crops, D2), dtype=np.float32)
+    progress = Progress(label, S * n_crops)
+    dev = torch.device(device)
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        for s0 in range(0, S, per_batch):
+            idx = np.arange(s0, min(S, s0 + per_batch))
+            crops = data.probe_crops(scans, idx, encoder.config.crop_len, n_crops, dev)  # (s, n_crops, C, T')
+            f = encoder.features(crops.flatten(0, 1))                  # (s*n_crops, 2D)
+            out[idx] = f.float().cpu().numpy().reshape(len(idx), n_crops, D2)
+            progress(int(idx[-1] + 1) * n_crops)
+    return out
+
+
+def fc_features(scans, chunk=64):
+    """Functional connectivity per scan -> (S, 1, C(C-1)/2) float32: Fisher-z of the Pearson
+    correlations over the whole valid scan, upper triangle."""
+    iu = np.triu_indices(scans.n_rois, 1)
+    out = np.empty((len(scans), 1, len(iu[0])), dtype=np.float32)
+    for s0 in range(0, len(scans), chunk):
+        r = data.scan_fc(scans, np.arange(s0, min(len(scans), s0 + chunk)))      # (b, C, C)
+        out[s0:s0 + len(r), 0] = np.arctanh(np.clip(r[:, iu[0], iu[1]], -0.999999, 0.999999))
+    return out
+
+
+def random_encoder(encoder, network_map, seed=0):
+    """A freshly initialised encoder with the checkpoint's config (the 'is pretraining worth it' baseline)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Encoder(encoder.config, network_map).eval()
+
+
+def _file_id(path):
+    """Cheap identity of a file for cache keys: resolved path, size, modification time."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def cached(path, compute):
+    """np.load(path) if it exists, else compute() and save atomically (several probe runs share it)."""
+    if path is not None and path.is_file():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            pass                                                    # unreadable cache: recompute
+    arr = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
+    return arr
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+def _fmt(m, s, metric):
+    if not np.isfinite(m):
+        return "n/a"
+    if metric in ("balanced_accuracy", "auroc"):
+        return f"{100 * m:.1f} ± {100 * s:.1f}"
+    return f"{m:.3f} ± {s:.3f}"
+
+
+METRIC_TITLES = {"balanced_accuracy": "balanced acc (%)", "auroc": "AUROC (%)", "mae": "MAE", "r2": "R²",
+                 "pearson_r": "Pearson r"}
+
+
+def format_table(results, kind):
+    metrics = METRICS[kind]
+    rows = [["method"] + [METRIC_TITLES[m] for m in metrics]]
+    for name, res in results.items():
+        rows.append([METHOD_TITLES[name]] + [_fmt(res["summary"][m]["mean"], res["summary"][m]["std"], m)
+                                             for m in metrics])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def plot_results(results, task, path, title):
+    """Bar chart (mean ± std over repeats) per method; confusion matrix of the teacher for classes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    metrics = [m for m in METRICS[task.kind] if m != "mae"]
+    confusion = results.get("teacher", {}).get("confusion")
+    fig, axes = plt.subplots(1, 2 if confusion is not None else 1, figsize=(11 if confusion else 6, 4.2),
+                             squeeze=False)
+    ax = axes[0, 0]
+    names = list(results)
+    w = 0.8 / len(metrics)
+    for j, m in enumerate(metrics):
+        mean = [results[n]["summary"][m]["mean"] for n in names]
+        std = [results[n]["summary"][m]["std"] for n in names]
+        ax.bar(np.arange(len(names)) + (j - (len(metrics) - 1) / 2) * w, mean, w, yerr=std, capsize=3,
+               label=METRIC_TITLES[m].replace(" (%)", ""))
+    if task.kind == "classification":
+        ax.axhline(1 / len(task.classes), color="grey", ls="--", lw=1, label="chance (balanced acc)")
+        ax.set_ylim(0, 1)
+    ax.set_xticks(np.arange(len(names)), [METHOD_TITLES[n] for n in names], fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    if confusion is not None:
+        ax = axes[0, 1]
+        cm = np.asarray(confusion)
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+        ticks = np.arange(len(task.classes))
+        ax.set_xticks(ticks, task.classes, fontsize=8)
+        ax.set_yticks(ticks, task.classes, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("pretrained teacher, test subjects summed over repeats", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Linear-probe a pretrained Brain-Semantoks teacher (SPEC §9).")
+    p.add_argument("--ckpt", required=True, help="teacher.pt written by train.py")
+    p.add_argument("--task", required=True, help="column of the labels file to predict")
+    p.add_argument("--data", help="scans: .npy (S, C, T) or a folder of per-scan .npy/.csv/.tsv files "
+                                  "(default: the built-in synthetic probe cohort)")
+    p.add_argument("--labels", help="CSV/TSV, one column per task; optional subject/participant_id column")
+    p.add_argument("--layout", default="SCT", choices=["SCT", "STC"], help="axis order of a .npy array")
+    p.add_argument("--tr", type=float, help="repetition time of the data in s (resampled to 2.0 s)")
+    p.add_argument("--subjects", help="text file, one subject id per scan (default: BIDS names of a folder's "
+                                      "files, or X_subjects.txt beside X.npy)")
+    p.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"])
+    p.add_argument("--bins", type=int, help="bin a continuous target into this many quantile classes")
+    p.add_argument("--repeats", type=int, default=10, help="random splits, seeds 0..repeats-1")
+    p.add_argument("--seeds", help="comma-separated split seeds (overrides --repeats)")
+    p.add_argument("--split", default="4:1:8", help="train:val:test ratio over subjects")
+    p.add_argument("--baselines", default="fc,random", help="comma list of fc, random; or none")
+    p.add_argument("--crops", type=int, default=8, help="evenly spaced crops per scan")
+    p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--max-iter", type=int, default=1000, help="LogisticRegression iterations")
+    p.add_argument("--cache-dir", help="feature cache (default: <ckpt dir>/.feature_cache)")
+    p.add_argument("--no-cache", action="store_true", help="always extract features, write no cache")
+    p.add_argument("--out", help="results JSON (default: <ckpt dir>/probe_<task>.json); the PNG goes beside it")
+    return p.parse_args(argv)
+
+
+def _options(args):
+    """Validate the options that do not need any file."""
+    try:
+        ratios = tuple(float(r) for r in args.split.split(":"))
+    except ValueError:
+        ratios = ()
+    if len(ratios) != 3 or min(ratios) <= 0:
+        raise ValueError(f"--split must be three positive numbers train:val:test, e.g. 4:1:8 (got {args.split!r})")
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers (got {args.seeds!r})") from None
+    else:
+        if args.repeats < 1:
+            raise ValueError("--repeats must be at least 1")
+        seeds = list(range(args.repeats))
+    baselines = [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    bad = [b for b in baselines if b not in ("fc", "random")]
+    if bad:
+        raise ValueError(f"unknown baseline(s) {bad}; choose from fc, random, or none")
+    if args.crops < 1:
+        raise ValueError("--crops must be at least 1")
+    if (args.data is None) != (args.labels is None):
+        raise ValueError("--data and --labels go together (leave both out for the synthetic probe cohort)")
+    if args.data is None and args.subjects is not None:
+        raise ValueError("--subjects describes --data; the synthetic probe cohort carries its own ids")
+    return ratios, seeds, baselines
+
+
+def run(args):
+    ratios, seeds, baselines = _options(args)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    ckpt = Path(args.ckpt)
+    encoder, meta = load_teacher(ckpt)
+    network_map = meta["network_map"].numpy()
+
+    synthetic = args.data is None
+    if synthetic:
+        folder = Path(data.ensure_synthetic_cohort())
+        data_path, labels_path = folder / "probe.npy", folder / "probe_labels.csv"
+        print(f"No --data given: using the built-in SYNTHETIC probe cohort in {folder} (simulated subjects never "
+              f"seen in pretraining). Its numbers check the pipeline; they say nothing about real brains.")
+    else:
+        data_path, labels_path = Path(args.data), Path(args.labels)
+    scans = data.load_scans(data_path, layout=args.layout, tr=args.tr, subjects=args.subjects)
+    # ids come from file names (folder), X_subjects.txt beside X.npy, or --subjects (data.load_scans)
+    has_ids = (data_path.is_dir() or args.subjects is not None
+               or data_path.with_name(data_path.stem + "_subjects.txt").exists())
+    if scans.n_rois != len(network_map):
+        raise ValueError(f"the data have {scans.n_rois} ROIs but the checkpoint's network map has {len(network_map)} "
+                         f"entries; probe data must use the atlas (ROI set and order) the model was pretrained on")
+
+    header, rows = read_labels(labels_path)
+    values, subjects, notes = scan_labels(header, rows, args.task, list(scans.subjects), has_ids)
+    task = make_task(args.task, values, subjects, args.task_type, args.bins)
+    task.notes[:0] = notes
+    check_splittable(task, ratios)
+    what = (f"classes {', '.join(task.classes)} (subjects per class: "
+            f"{', '.join(str(k) for k in np.bincount(task.y, minlength=len(task.classes)))})"
+            if task.kind == "classification" else f"target mean {task.y.mean():.3g}, std {task.y.std():.3g}")
+    print(f"Task '{task.name}': {task.kind}, {what}")
+    print(f"  {len(task.y)} subjects, {len(task.scans)} scans used; {task.n_missing} scan(s) dropped for a missing label")
+    for n in task.notes:
+        print(f"  note: {n}")
+    print(f"  splits: subjects train/val/test {args.split}{', stratified by class' if task.kind == 'classification' else ''}, "
+          f"{len(seeds)} repeats (seeds {', '.join(map(str, seeds))})")
+
+    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else ckpt.resolve().parent / ".feature_cache"
+    common = dict(data=scans.key, crops=args.crops,
+                  crop_len=encoder.config.crop_len, bf16=device.startswith("cuda"), version=1)
+
+    def cache_path(**model):
+        key = hashlib.sha1(json.dumps({**common, **model}, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return None if cache_dir is None else cache_dir / f"{key}.npy"
+
+    def extract(enc, label):
+        return lambda: encoder_features(enc, scans, args.crops, args.batch_size, device, label)
+
+    feats = {"teacher": cached(cache_path(model=_file_id(ckpt)), extract(encoder, "teacher features"))}
+    if "random" in baselines:
+        model_id = dict(model="random", seed=0, config=meta["encoder_config"], torch=torch.__version__,
+                        map=hashlib.sha1(network_map.tobytes()).hexdigest())
+        feats["random"] = cached(cache_path(**model_id), extract(random_encoder(encoder, network_map), "random-encoder features"))
+    if "fc" in baselines:
+        feats["fc"] = fc_features(scans)
+
+    results = {}
+    for name, f in feats.items():
+        t0 = time.time()
+        results[name] = run_probe(f, task, seeds, ratios, args.max_iter)
+        bad = sum(r["unconverged_fits"] for r in results[name]["repeats"])
+        print(f"  probed {METHOD_TITLES[name]} in {time.time() - t0:.1f} s"
+              + (f" ({bad} fit(s) hit --max-iter {args.max_iter})" if bad else ""))
+
+    cohort = "SYNTHETIC probe cohort" if synthetic else str(data_path)
+    print(f"\n{task.name} on {cohort}: test subjects, mean ± std over {len(seeds)} repeats")
+    print(format_table(results, task.kind))
+
+    out = Path(args.out) if args.out else ckpt.resolve().parent / f"probe_{re.sub(r'[^A-Za-z0-9_.-]', '_', task.name)}.json"
+    report = {
+        "task": task.name, "kind": task.kind, "classes": task.classes, "synthetic": synthetic,
+        "config": {"ckpt": str(ckpt.resolve()), "ckpt_step": meta.get("step"), "data": str(data_path.resolve()),
+                   "labels": str(labels_path.resolve()), "layout": args.layout, "tr": args.tr,
+                   "task_type": args.task_type, "bins": args.bins, "split": list(ratios), "seeds": seeds,
+                   "crops": args.crops, "crop_len": encoder.config.crop_len, "device": device,
+                   "encoder_config": meta["encoder_config"], "C_grid": C_GRID.tolist(),
+                   "alpha_grid": ALPHA_GRID.tolist(), "max_iter": args.max_iter,
+                   "n_subjects": len(task.y), "n_scans": int(len(task.scans)), "n_missing": task.n_missing,
+                   "notes": task.notes},
+        "methods": results,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, allow_nan=True))
+    png = out.with_suffix(".png")
+    plot_results(results, task, png, f"{task.name} ({'synthetic' if synthetic else data_path.name}), "
+                                     f"{len(seeds)} repeats")
+    print(f"\nwrote {out} and {png}")
+    return report
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as e:
+        print(f"probe.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Linear probing (SPEC §9): labels -> tasks, subject-level splits, per-subject crop averaging,
+baselines, the CLI end to end on a tiny encoder, and every user error's message."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import probe
+from checkpoint import save_teacher
+from encoder import Encoder, EncoderConfig
+
+NET_MAP = np.repeat(np.arange(3), 4)          # 12 ROIs in 3 networks
+
+
+def _task(y, subjects=None, **kw):
+    subjects = subjects if subjects is not None else [f"s{i}" for i in range(len(y))]
+    return probe.make_task("t", [None if v is None else str(v) for v in y], subjects, **kw)
+
+
+# ---------------------------------------------------------------- labels -> task
+
+def test_task_type_auto_and_overrides():
+    assert _task([0, 1, 2] * 5).kind == "classification"
+    assert _task(["M", "F"] * 5).classes == ["F", "M"]
+    reg = _task(np.linspace(20, 80, 30))
+    assert reg.kind == "regression" and reg.classes is None
+    assert _task(list(range(30))).kind == "regression"                     # > 10 integers
+    assert _task([0, 1, 2] * 5, task_type="regression").kind == "regression"
+    binned = _task(np.arange(30.0), bins=3)
+    assert binned.kind == "classification" and np.bincount(binned.y).tolist() == [10, 10, 10]
+
+
+def test_missing_labels_dropped_and_counted():
+    t = _task([0, 1, None, 1, 0, None])
+    assert t.n_missing == 2 and t.scans.tolist() == [0, 1, 3, 4]
+
+
+def test_scans_collapse_to_subjects():
+    t = _task([0, 0, 1, 1], subjects=["a", "a", "b", "b"])
+    assert t.subjects == ["a", "b"] and t.unit.tolist() == [0, 0, 1, 1] and t.y.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="constant within a subject"):
+        _task([0, 1], subjects=["a", "a"])
+
+
+def test_labels_matched_by_subject_id(tmp_path):
+    f = tmp_path / "labels.tsv"
+    f.write_text("participant_id\tdx\nsub-02\t1\nsub-01\t0\nsub-09\t1\n")
+    header, rows = probe.read_labels(f)
+    values, subjects, notes = probe.scan_labels(header, rows, "dx", ["01", "02", "02", "03"], True)
+    assert values == ["0", "1", "1", None]
+    assert any("no row" in n for n in notes) and any("no scan" in n for n in notes)
+    # a single array carries no ids: rows are scans, the subject column groups them
+    values, subjects, _ = probe.scan_labels(header, rows, "dx", ["0", "1", "2"], False)
+    assert values == ["1", "0", "1"] and subjects == ["sub-02", "sub-01", "sub-09"]
+
+
+def test_label_errors(tmp_path):
+    f = tmp_path / "labels.csv"
+    f.write_text("subject,sz,age\na,1,30\nb,0,40\n")
+    header, rows = probe.read_labels(f)
+    with pytest.raises(ValueError, match="unknown task 'mdd'.*available: sz, age"):
+        probe.scan_labels(header, rows, "mdd", ["a", "b"], True)
+    with pytest.raises(ValueError, match="2 rows but there are 3 scans"):
+        probe.scan_labels(header, rows, "sz", ["x", "y", "z"], False)
+    with pytest.raises(ValueError, match="no subject in the labels matches"):
+        probe.scan_labels(header, rows, "sz", ["x", "y"], True)
+    with pytest.raises(ValueError, match="labels file not found"):
+        probe.read_labels(tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match="at least 3 per class"):
+        probe.check_splittable(_task([0] * 10 + [1] * 2), (4, 1, 8))
+    with pytest.raises(ValueError, match="at least 2 subjects in each"):
+        probe.check_splittable(_task(np.linspace(0, 1, 5) + 0.01), (4, 1, 8))
+    with pytest.raises(ValueError, match="distinct non-numeric"):
+        _task([f"site{i}" for i in range(20)])
+
+
+# ---------------------------------------------------------------- splits
+
+def test_split_deterministic_stratified_disjoint():
+    t = _task([0] * 60 + [1] * 30 + [2] * 13)
+    a, b = probe.split_subjects(t, seed=3), probe.split_subjects(t, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, probe.split_subjects(t, seed=4)))
+    train, val, test = a
+    assert len(np.concatenate(a)) == len(np.unique(np.concatenate(a))) == 103
+    for c, n in enumerate([60, 30, 13]):                                   # 4:1:8 inside every class
+        k = [int((t.y[s] == c).sum()) for s in (train, val, test)]
+        assert abs(k[0] - n * 4 / 13) < 1 and abs(k[1] - n / 13) < 1 and sum(k) == n
+    assert len(probe.split_subjects(_task([0, 1] * 3), seed=0)[1]) == 2     # smallest class still in val
+
+
+def _subject_feats(n_subj, scans_per_subj, crops, dim, seed=0):
+    """Features that identify a subject and nothing else (labels are coin flips)."""
+    rng = np.random.default_rng(seed)
+    finger = rng.normal(size=(n_subj, dim))
+    subj = np.repeat(np.arange(n_subj), scans_per_subj)
+    feats = finger[subj][:, None, :] + 0.1 * rng.normal(size=(len(subj), crops, dim))   # (S, K, F)
+    y = rng.integers(0, 2, n_subj)
+    return feats.astype(np.float32), [f"s{i}" for i in subj], [str(v) for v in y[subj]]
+
+
+def test_no_subject_leaks_across_splits():
+    feats, subjects, values = _subject_feats(60, 3, 4, 40)
+    t = probe.make_task("t", values, subjects)
+    train, val, test = probe.split_subjects(t, seed=0)
+    _, u_tr = probe._rows(feats, t, train)
+    assert set(train[u_tr]).isdisjoint(test) and set(train[u_tr]).isdisjoint(val)
+    # if scans (or crops) of a test subject reached training, memorising the subject's fingerprint
+    # would score ~100% on random labels; split by subject it stays near chance
+    res = probe.run_probe(feats, t, seeds=range(3))
+    assert res["summary"]["balanced_accuracy"]["mean"] < 0.75
+    for r in res["repeats"]:                                               # one score per test subject
+        assert np.sum(r["confusion"]) == r["n_test"] == len(probe.split_subjects(t, seed=r["seed"])[2])
+
+
+def test_crop_scores_are_averaged_per_subject():
+    # each crop points the right way 75% of the time; the mean over a subject's 8 crops ~93%
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    crop_sign = np.where(rng.random((200, 8)) < 0.75, 1, -1) * np.where(y, 1, -1)[:, None]   # (S, K)
+    feats = (crop_sign[..., None] + 0.3 * rng.normal(size=(200, 8, 3))).astype(np.float32)
+    t = probe.make_task("t", [str(v) for v in y], [f"s{i}" for i in range(200)])
+    res = probe.run_probe(feats, t, seeds=[0, 1])
+    assert res["summary"]["balanced_accuracy"]["mean"] > 0.86
+
+
+def test_regression_metrics_and_wide_features():
+    rng = np.random.default_rng(2)
+    target = rng.normal(size=100)
+    feats = rng.normal(size=(100, 1, 500)).astype(np.float32)              # more features than samples
+    feats[:, 0, :50] += target[:, None]
+    t = probe.make_task("age", [str(v) for v in target], [f"s{i}" for i in range(100)])
+    res = probe.run_probe(feats, t, seeds=[0, 1])
+    assert set(res["summary"]) == {"mae", "r2", "pearson_r"}
+    assert res["summary"]["pearson_r"]["mean"] > 0.5 and len(res["repeats"]) == 2
+
+
+def test_fc_features_fisher_z():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 50))
+    x[1, :, 30:] = np.nan                                                  # shorter scan, NaN-padded
+    scans = data.Scans(data=x.astype(np.float32), lengths=np.array([50, 30]), subjects=["a", "b"])
+    f = probe.fc_features(scans)
+    assert f.shape == (2, 1, 6)
+    np.testing.assert_allclose(f[1, 0, 0], np.arctanh(np.corrcoef(x[1, :, :30])[0, 1]), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- CLI end to end (tiny encoder)
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = EncoderConfig(dim=32, depth=1, heads=2, crop_len=40, patch_len=20, proj_hidden=32, proj_dim=16)
+    path = tmp_path_factory.mktemp("run") / "teacher.pt"
+    save_teacher(path, Encoder(cfg, NET_MAP), NET_MAP, step=7, train_config={})
+    return path
+
+
+def _cohort(folder, n_subj=36, seed=0, n_rois=12):
+    """Scans whose network-0 ROIs share a signal whose strength depends on a 3-class label."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n_subj) % 3
+    age = 20 + 60 * rng.random(n_subj)
+    lengths = rng.integers(50, 90, n_subj)
+    x = rng.normal(size=(n_subj, n_rois, 90)).astype(np.float32)          # (S, C, T)
+    x[:, :4] += (0.5 * y)[:, None, None] * rng.normal(size=(n_subj, 1, 90))
+    x = np.where(np.arange(90) < lengths[:, None, None], x, np.nan).astype(np.float32)
+    np.save(folder / "scans.npy", x)
+    (folder / "scans_subjects.txt").write_text("".join(f"sub-{i:03d}\n" for i in range(n_subj)))
+    rows = [f"sub-{i:03d},{'abc'[c]},{a:.1f}" for i, (c, a) in enumerate(zip(y, age))]
+    (folder / "labels.csv").write_text("subject,dx,age\n" + "\n".join(rows[::-1]) + "\n")  # order differs
+    return folder / "scans.npy", folder / "labels.csv"
+
+
+def test_cli_three_classes_then_regression_reuses_cache(ckpt, tmp_path, monkeypatch, capsys):
+    scans, labels = _cohort(tmp_path)
+    out = tmp_path / "dx.json"
+    base = ["--ckpt", str(ckpt), "--data", str(scans), "--labels", str(labels), "--cache-dir", str(tmp_path / "c")]
+    probe.main(base + ["--task", "dx", "--repeats", "2", "--out", str(out)])
+    rep = json.loads(out.read_text())
+    assert rep["kind"] == "classification" and rep["classes"] == ["a", "b", "c"]
+    assert set(rep["methods"]) == {"teacher", "random", "fc"}
+    for m in rep["methods"].values():
+        assert [r["seed"] for r in m["repeats"]] == [0, 1]
+        assert np.sum(m["confusion"]) == sum(r["n_test"] for r in m["repeats"])
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 2                 # teacher + random encoder
+    assert "balanced acc" in capsys.readouterr().out
+
+    def no_extraction(*a, **k):
+        raise AssertionError("features should come from the cache")
+    monkeypatch.setattr(probe, "encoder_features", no_extraction)
+    rep = probe.main(base + ["--task", "age", "--seeds", "3,4", "--baselines", "random"])
+    assert rep["kind"] == "regression" and set(rep["methods"]) == {"teacher", "random"}
+    assert set(rep["methods"]["teacher"]["summary"]) == {"mae", "r2", "pearson_r"}
+    assert (ckpt.parent / "probe_age.json").exists()
+    binned = probe.main(base + ["--task", "age", "--bins", "3", "--repeats", "1", "--baselines", "none"])
+    assert binned["kind"] == "classification" and len(binned["classes"]) == 3
+
+
+def test_cli_folder_of_tsv_files_several_scans_per_subject(ckpt, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "xcpd"
+    folder.mkdir()
+    for s in range(12):
+        for ses in range(2 if s % 2 else 1):                              # 18 scans, 12 subjects
+            x = rng.normal(size=(int(rng.integers(45, 70)), 12))          # (T, C) as XCP-D writes
+            np.savetxt(folder / f"sub-{s:02d}_ses-{ses}_timeseries.tsv", x, delimiter="\t",
+                       header="\t".join(f"roi{c}" for c in range(12)), comments="")
+    labels = tmp_path / "participants.tsv"
+    labels.write_text("participant_id\tsex\n" + "".join(f"sub-{s:02d}\t{'MF'[s % 2] if s != 5 else 'n/a'}\n"
+                                                         for s in range(12)))
+    rep = probe.main(["--ckpt", str(ckpt), "--data", str(folder), "--labels", str(labels), "--task", "sex",
+                      "--repeats", "2", "--no-cache", "--out", str(tmp_path / "sex.json")])
+    assert rep["config"]["n_subjects"] == 11 and rep["config"]["n_scans"] == 16 and rep["config"]["n_missing"] == 2
+    assert "2 scan(s) dropped for a missing label" in capsys.readouterr().out
+
+
+def _error(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        probe.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_cli_user_errors(ckpt, tmp_path, capsys):
+    scans, labels = _cohort(tmp_path)
+    args = ["--data", str(scans), "--labels", str(labels), "--no-cache"]
+    ok = ["--ckpt", str(ckpt)] + args
+    assert "checkpoint not found" in _error(["--ckpt", str(tmp_path / "no.pt"), "--task", "dx"] + args, capsys)
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 100)
+    assert "corrupt" in _error(["--ckpt", str(tmp_path / "corrupt.pt"), "--task", "dx"] + args, capsys)
+    torch.save({"model": torch.zeros(3)}, tmp_path / "other.pt")
+    assert "not a Brain-Semantoks" in _error(["--ckpt", str(tmp_path / "other.pt"), "--task", "dx"] + args, capsys)
+    assert "unknown task 'sz'" in _error(ok + ["--task", "sz"], capsys)
+    assert "available: dx, age" in _error(ok + ["--task", "sz"], capsys)
+
+    (tmp_path / "rows.csv").write_text("dx\n" + "a\nb\nc\n" * 5)
+    err = _error(["--ckpt", str(ckpt), "--data", str(scans), "--labels", str(tmp_path / "rows.csv"),
+                  "--task", "dx"], capsys)
+    assert "15 rows but there are 36 scans" in err
+
+    (tmp_path / "rare.csv").write_text("subject,dx\n" + "".join(f"sub-{i:03d},{'x' if i < 2 else 'y'}\n"
+                                                               for i in range(36)))
+    err = _error(["--ckpt", str(ckpt), "--data", str(scans), "--labels", str(tmp_path / "rare.csv"),
+                  "--task", "dx"], capsys)
+    assert "class 'x' of task 'dx' has 2 subject(s)" in err
+
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    w_scans, w_labels = _cohort(wrong, n_rois=10)
+    err = _error(["--ckpt", str(ckpt), "--data", str(w_scans), "--labels", str(w_labels), "--task", "dx"], capsys)
+    assert "the data have 10 ROIs but the checkpoint's network map has 12" in err
+    assert "--data and --labels go together" in _error(["--ckpt", str(ckpt), "--data", str(scans), "--task", "dx"],
+                                                       capsys)
+    assert "--split must be" in _error(ok + ["--task", "dx", "--split", "4:1"], capsys)
+    assert "unknown baseline" in _error(ok + ["--task", "dx", "--baselines", "pca"], capsys)
