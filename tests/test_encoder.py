@@ -1,0 +1,130 @@
+"""Encoder (SPEC §5): presets, parameter counts, token layout, mask substitution, custom maps."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import networks
+from encoder import Attention, Encoder, EncoderConfig, sincos_embedding
+from masking import slice_mask
+
+TINY = dict(dim=32, depth=2, heads=4, proj_hidden=64, proj_dim=16)
+
+
+def test_paper_preset_parameter_counts():
+    cfg = EncoderConfig.preset("paper")
+    assert (cfg.dim, cfg.depth, cfg.heads, cfg.patch_len, cfg.crop_len) == (768, 8, 12, 20, 100)
+    enc = Encoder(cfg, networks.default_network_map())
+    blocks = sum(p.numel() for p in enc.blocks.parameters())
+    tok = sum(p.numel() for p in enc.tokenizer.parameters())
+    total = sum(p.numel() for p in enc.parameters())
+    msg = f"transformer blocks {blocks:,}, 9 tokenizers {tok:,}, total encoder {total:,}"
+    assert blocks == 56_696_832 and tok == 2_014_115, msg
+    assert total - blocks - tok == 2 * 768 + 768 + 768 + 9 * 768, msg   # final LN, CLS, mask, network emb
+    print(msg)
+
+
+def test_demo_preset_shapes_and_features():
+    cfg = EncoderConfig.preset("demo")
+    assert (cfg.dim, cfg.depth, cfg.heads) == (192, 4, 3)
+    enc = Encoder(cfg, networks.default_network_map())
+    assert enc.n_networks == 9 and enc.n_patches == 5
+    x = torch.randn(2, 457, 100)
+    with torch.no_grad():
+        cls, tokens = enc(x, slice_mask(2, 9, 5))
+        assert cls.shape == (2, 192) and tokens.shape == (2, 45, 192)
+        feats = enc.features(x)
+        cls, tokens = enc(x)
+    assert feats.shape == (2, 384)
+    torch.testing.assert_close(feats, torch.cat([tokens.mean(1), cls], -1))
+
+
+@pytest.mark.parametrize("n_networks", [4, 17])
+def test_custom_maps_end_to_end(n_networks):
+    rng = np.random.default_rng(n_networks)
+    m = np.concatenate([np.arange(n_networks), rng.integers(0, n_networks, 40 - n_networks)])
+    m = rng.permutation(m)                                          # scattered ROIs, every id used
+    cfg = EncoderConfig(**TINY, patch_len=10, crop_len=30)
+    enc = Encoder(cfg, networks.load_network_map(m, n_rois=40))
+    x = torch.randn(3, 40, 30)
+    cls, tokens = enc(x, slice_mask(3, n_networks, 3))
+    assert cls.shape == (3, 32) and tokens.shape == (3, n_networks * 3, 32)
+    (cls.sum() + tokens.sum()).backward()
+    assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_token_layout_and_embeddings():
+    """depth 0: tokens = LN(Z + network emb + time emb) flattened n*P + p; CLS = LN(cls token)."""
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(**{**TINY, "depth": 0}, patch_len=5, crop_len=15), [0, 1, 1, 2, 0, 2])
+    with torch.no_grad():
+        enc.network_embed.normal_()
+        enc.norm.weight.normal_()
+        x = torch.randn(2, 6, 15)
+        cls, tokens = enc(x)
+        z = enc.tokenizer(x) + enc.network_embed[:, None] + sincos_embedding(3, 32)   # (B, N, P, D)
+    torch.testing.assert_close(tokens.view(2, 3, 3, 32), enc.norm(z))
+    torch.testing.assert_close(cls, enc.norm(enc.cls_token[:, 0].expand(2, -1)))
+
+
+def test_sincos_embedding():
+    e = sincos_embedding(5, 8)
+    assert e.shape == (5, 8)
+    torch.testing.assert_close(e[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    torch.testing.assert_close(e[3, 0], torch.tensor(np.sin(3.0), dtype=torch.float32))
+    torch.testing.assert_close(e[3, 5], torch.tensor(np.cos(0.3), dtype=torch.float32))  # w_1 = 1e4^(-2/8) = 0.1
+
+
+def test_masked_network_is_invisible():
+    """A masked token is replaced before anything sees it: the masked network's input is irrelevant."""
+    torch.manual_seed(0)
+    m = [0, 1, 1, 2, 0, 2]
+    enc = Encoder(EncoderConfig(**TINY, patch_len=5, crop_len=15), m)
+    mask = torch.zeros(2, 3, 3, dtype=torch.bool)
+    mask[:, 1] = True                                              # network 1 = ROIs 1, 2
+    x = torch.randn(2, 6, 15)
+    x2 = x.clone()
+    x2[:, [1, 2]] = torch.randn(2, 2, 15)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x, mask)[0], enc(x2, mask)[0])
+        assert not torch.allclose(enc(x)[0], enc(x2)[0])
+
+
+def test_attention_matches_manual():
+    torch.manual_seed(0)
+    attn = Attention(16, 4)
+    assert attn.qkv.bias is None
+    x = torch.randn(2, 7, 16)
+    q, k, v = attn.qkv(x).split(16, -1)
+    heads = lambda t: t.view(2, 7, 4, 4).transpose(1, 2)           # (B, h, S, D/h)
+    w = (heads(q) @ heads(k).transpose(-1, -2) / 2.0).softmax(-1)
+    ref = attn.proj((w @ heads(v)).transpose(1, 2).reshape(2, 7, 16))
+    torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_init():
+    enc = Encoder(EncoderConfig(**TINY), networks.default_network_map())
+    assert torch.all(enc.blocks[0].ls1 == 0.1) and torch.all(enc.blocks[1].ls2 == 0.1)
+    assert abs(enc.blocks[0].mlp[0].weight.std().item() - 0.02) < 0.004
+    assert enc.blocks[0].mlp[0].bias.abs().max() == 0
+    assert dataclasses.asdict(enc.config)["dim"] == 32
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="unknown encoder preset 'huge'"):
+        EncoderConfig.preset("huge")
+    with pytest.raises(ValueError, match="not divisible by heads"):
+        Encoder(EncoderConfig(dim=30, depth=1, heads=4), [0, 1])
+    with pytest.raises(ValueError, match="crop_len 90 is not a multiple of patch_len 20"):
+        Encoder(EncoderConfig(**TINY, crop_len=90), [0, 1])
+    enc = Encoder(EncoderConfig(**TINY), [0, 1, 1])
+    with pytest.raises(ValueError, match="built for crop_len=100"):
+        enc(torch.randn(1, 3, 120))
+    with pytest.raises(ValueError, match=r"mask must be \(B, N, P\)"):
+        enc(torch.randn(1, 3, 100), torch.zeros(1, 2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="input has 4 ROIs but the network map has 3 entries"):
+        enc(torch.randn(1, 4, 100))
+    with pytest.raises(ValueError, match="not a positive multiple of the patch length"):
+        enc(torch.randn(1, 3, 90))
