@@ -5,7 +5,7 @@ embedding -> + learned network embedding (N, D) + fixed sin-cos temporal embeddi
 flatten network-major (token n*P + p) -> prepend CLS (no position) -> pre-LN blocks with
 LayerScale -> final LayerNorm. Returns CLS (B, D) and tokens (B, N*P, D).
 
-    python -c "import encoder, networks; e = encoder.Encoder(encoder.EncoderConfig.preset('demo'), networks.default_network_map()); print(sum(p.numel() for p in e.parameters()))"
+    python -m pytest -q tests/test_encoder.py      # presets, parameter counts, token layout
 """
 from dataclasses import dataclass
 

@@ -55,7 +55,8 @@ class SemanticTokenizer(nn.Module):
         counts = np.bincount(m).tolist()                                 # R_n
         self.heads = tuple(math.ceil(half / r) for r in counts)         # H_n
         self.offsets = tuple(np.concatenate([[0], np.cumsum(counts)]).tolist())
-        self.pair_offsets = tuple(np.concatenate([[0], np.cumsum([h * r for h, r in zip(self.heads, counts)])]).tolist())
+        pairs = [h * r for h, r in zip(self.heads, counts)]              # H_n * R_n (roi, head) pairs
+        self.pair_offsets = tuple(np.concatenate([[0], np.cumsum(pairs)]).tolist())
         M, C, N = self.pair_offsets[-1], self.n_rois, self.n_networks
         self.register_buffer("network_map", torch.from_numpy(m), persistent=False)
         self.register_buffer("perm", torch.from_numpy(np.argsort(m, kind="stable")), persistent=False)
@@ -116,7 +117,8 @@ class SemanticTokenizer(nn.Module):
             raise ValueError(f"input has {C} ROIs but the network map has {self.n_rois} entries")
         if T == 0 or T % self.patch_len:
             raise ValueError(f"crop length T'={T} is not a positive multiple of the patch length L={self.patch_len}")
-        weight, bias = self.effective_weights()
+        with torch.autocast(x.device.type, enabled=False):  # compose in full precision; the conv picks its own
+            weight, bias = self.effective_weights()
         xs = x.index_select(1, self.perm)                               # (B, C, T') networks contiguous
         z = kernels.grouped_conv_gelu_mean(xs, weight.to(x.dtype), bias.to(x.dtype),
                                            self.offsets, self.patch_len)  # (B, N, P, D)
