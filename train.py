@@ -204,8 +204,7 @@ def build_models(enc_cfg: EncoderConfig, network_map, seed):
 @torch.no_grad()
 def ema_update(teacher_params, student_params, m):
     """teacher ← m·teacher + (1 − m)·student, encoder and head (SPEC §6)."""
-    torch._foreach_mul_(teacher_params, m)
-    torch._foreach_add_(teacher_params, student_params, alpha=1 - m)
+    torch._foreach_lerp_(teacher_params, student_params, 1 - m)  # one pass over the weights
 
 
 def param_groups(model):
@@ -301,6 +300,72 @@ def separation_crops(scans, n_scans, crop_len):
 
 # ----------------------------------------------------------------------------- training loop
 
+class Trainer:
+    """Student, EMA teacher, optimizer and batch source; `step(i)` is one optimizer step (SPEC §6-8).
+
+    All randomness of a step is drawn from generators re-seeded from (seed, step, rank), and the batch
+    source resumes from counters, so `state_dict()` + the step number resume a run exactly."""
+
+    def __init__(self, cfg, enc_cfg, network_map, batches, total, device, rank=0, world=1):
+        self.cfg, self.batches, self.total, self.device, self.rank, self.world = cfg, batches, total, device, rank, world
+        self.local_b = cfg.batch_size // world
+        self.warmup = warmup_steps(total, cfg.warmup_epochs, cfg.epochs)
+        self.peak_lr = cfg.lr * cfg.batch_size / 256
+        self.student, self.teacher = build_models(enc_cfg, network_map, cfg.seed)
+        self.student.to(device)
+        self.teacher.to(device)
+        # fused: one pass over each weight per step (CPU and CUDA), instead of ~10 elementwise ops
+        self.opt = torch.optim.AdamW(param_groups(self.student), lr=self.peak_lr, fused=True)
+        self.model = self.student
+        if world > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[device.index] if device.type == "cuda" else None)
+        self.amp = device.type == "cuda"
+        self.t_params, self.s_params = list(self.teacher.parameters()), list(self.student.parameters())
+        self.mask_gen = torch.Generator(device=device)  # slice masks drawn on the device: no host-device copy
+
+    def step(self, step):
+        """One optimizer step + EMA update. Returns the compute_losses dict (device tensors, no sync)
+        plus grad_norm, and the python values masked, lr, wd, ema, ttr_w."""
+        cfg, total, b = self.cfg, self.total, self.local_b
+        lr = lr_at(step, total, self.warmup, self.peak_lr)
+        wd = weight_decay_at(step, total, cfg.weight_decay, cfg.weight_decay_end)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+            if g["apply_wd"]:
+                g["weight_decay"] = wd
+        x1, x2 = self.batches.next_batch(b)                           # (b, C, T') each
+        N, P = self.student.encoder.n_networks, self.student.encoder.n_patches
+        masked = np.random.default_rng([cfg.seed, 1, step]).random() < cfg.mask_prob  # same on all processes
+        if masked:
+            self.mask_gen.manual_seed(int(np.random.default_rng([cfg.seed, 2, step, self.rank]).integers(2 ** 62)))
+            mask = slice_mask(2 * b, N, P, generator=self.mask_gen, device=self.device)  # (2b, N, P)
+        elif self.world > 1:  # an all-False mask keeps the mask embedding in DDP's graph (no find_unused_parameters)
+            mask = torch.zeros(2 * b, N, P, dtype=torch.bool, device=self.device)
+        else:
+            mask = None
+        ttr_w = ttr_weight_at(step, total, cfg.ttr_weight, cfg.ttr_fraction)
+        r = compute_losses(self.model, self.teacher, x1, x2, mask, ttr_w, cfg.tok_weight, cfg.eps, self.amp)
+        self.opt.zero_grad(set_to_none=True)
+        r["loss"].backward()
+        r["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.s_params, cfg.clip_grad, foreach=True)
+        self.opt.step()
+        m = ema_momentum_at(step, total, cfg.ema_momentum)
+        ema_update(self.t_params, self.s_params, m)
+        r.update(masked=masked, lr=lr, wd=wd, ema=m, ttr_w=ttr_w)
+        return r
+
+    def state_dict(self):
+        return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.opt.state_dict(), "sampler": self.batches.state_dict()}
+
+    def load_state_dict(self, state):
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["sampler"])
+
+
 class NonFiniteLoss(RuntimeError):
     pass
 
@@ -395,7 +460,6 @@ def train(cfg: TrainConfig):
     if n_subjects < cfg.batch_size:
         raise ValueError(f"the data have {n_subjects} subjects ({len(scans)} scans) but --batch-size is "
                          f"{cfg.batch_size}; use a batch size of at most {n_subjects}")
-    local_b = cfg.batch_size // world
     batches = data.TrainBatches(scans, device=device, crop_len=enc_cfg.crop_len, seed=cfg.seed,
                                 rank=rank, world_size=world)
 
@@ -403,30 +467,12 @@ def train(cfg: TrainConfig):
     total = cfg.steps if cfg.steps is not None else cfg.epochs * spe
     if total < 1:
         raise ValueError(f"--steps must be at least 1 (got {total})")
-    warm = warmup_steps(total, cfg.warmup_epochs, cfg.epochs)
-    peak_lr = cfg.lr * cfg.batch_size / 256
-
-    # --- model, optimizer, generators
-    student, teacher = build_models(enc_cfg, network_map, cfg.seed)
-    student.to(device)
-    teacher.to(device)
-    opt = torch.optim.AdamW(param_groups(student), lr=peak_lr, betas=(0.9, 0.999),
-                            foreach=True)  # weight decay set per step below
-    mask_gen = torch.Generator(device=device)  # slice masks drawn on the device: no host-device copy
-    log, start = [], 0
-    separation = {}
+    tr = Trainer(cfg, enc_cfg, network_map, batches, total, device, rank, world)
+    log, start, separation = [], 0, {}
     if state is not None:
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        opt.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["sampler"])
+        tr.load_state_dict(state)
         log, start, separation = state["log"], state["step"], state.get("separation", {})
-    model = student
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-    amp = device.type == "cuda"
-    t_params, s_params = list(teacher.parameters()), list(student.parameters())
-    N, P = student.encoder.n_networks, student.encoder.n_patches
+    teacher, N = tr.teacher, tr.student.encoder.n_networks
 
     resolved = asdict(cfg)
     if rank == 0:
@@ -436,10 +482,10 @@ def train(cfg: TrainConfig):
         print("config: " + json.dumps(resolved), flush=True)
         print(f"encoder: {json.dumps(asdict(enc_cfg))}", flush=True)
         print(f"data: {len(scans)} scans, {n_subjects} subjects, {scans.n_rois} ROIs, {N} networks; "
-              f"{spe} steps/epoch, {total} steps, warm-up {warm}, peak lr {peak_lr:.2e}, "
-              f"{world} process(es) x batch {local_b}, device {device}, "
-              f"{'bf16 autocast' if amp else 'fp32'}", flush=True)
-        print(f"parameters: student {sum(p.numel() for p in s_params) / 1e6:.1f}M "
+              f"{spe} steps/epoch, {total} steps, warm-up {tr.warmup}, peak lr {tr.peak_lr:.2e}, "
+              f"{world} process(es) x batch {tr.local_b}, device {device}, "
+              f"{'bf16 autocast' if tr.amp else 'fp32'}", flush=True)
+        print(f"parameters: student {sum(p.numel() for p in tr.s_params) / 1e6:.1f}M "
               "(AdamW; no weight decay on biases, norms, embeddings/tokens)", flush=True)
     sep_data = separation_crops(scans, cfg.eval_scans, enc_cfg.crop_len) if (rank == 0 and cfg.eval_scans) else (None, None)
     if sep_data[0] is not None and "start" not in separation:
@@ -454,7 +500,7 @@ def train(cfg: TrainConfig):
     keys = ("loss", "cls", "ttr", "tok", "comp", "expa", "std_s", "std_t", "cos_t", "grad_norm")
     acc = torch.zeros(len(keys) + 1, device=device)      # sums over the log window (+ masked batches), synced at log steps
     first_bad = torch.full((5,), -1, dtype=torch.long, device=device)  # first step each term went non-finite
-    bad_names = ("loss", "cls", "ttr", "tok", "grad_norm")
+    bad_names = ("cls", "ttr", "tok", "loss", "grad_norm")  # a component first: it says more than "loss"
 
     def check_finite():
         fb = first_bad.clone()
@@ -473,44 +519,19 @@ def train(cfg: TrainConfig):
         if rank == 0:  # the sampler state is the same on every process (counters); the other
             # randomness is re-seeded from (seed, step, rank) every step, so nothing else is needed
             checkpoint.save_state(state_path, config=resolved, encoder_config=asdict(enc_cfg), step=step,
-                                  total_steps=total, student=student.state_dict(), teacher=teacher.state_dict(),
-                                  optimizer=opt.state_dict(), sampler=batches.state_dict(), log=log,
-                                  separation=separation, network_map=torch.as_tensor(network_map))
+                                  total_steps=total, log=log, separation=separation,
+                                  network_map=torch.as_tensor(network_map), **tr.state_dict())
             checkpoint.save_teacher(teacher_path, teacher.encoder, network_map, step, resolved)
             print(f"checkpoint: step {step} -> {teacher_path}, {state_path}", flush=True)
 
     t_window, n_window, t_run = time.time(), 0, 0.0
     for step in range(start, total):
-        lr = lr_at(step, total, warm, peak_lr)
-        wd = weight_decay_at(step, total, cfg.weight_decay, cfg.weight_decay_end)
-        for g in opt.param_groups:
-            g["lr"] = lr
-            if g["apply_wd"]:
-                g["weight_decay"] = wd
-        x1, x2 = batches.next_batch(local_b)                      # (b, C, T') each
-        # randomness re-seeded from the step: a resumed run draws exactly what the original would
-        masked = np.random.default_rng([cfg.seed, 1, step]).random() < cfg.mask_prob  # same on all processes
-        if masked:
-            mask_gen.manual_seed(int(np.random.default_rng([cfg.seed, 2, step, rank]).integers(2 ** 62)))
-            mask = slice_mask(2 * local_b, N, P, generator=mask_gen, device=device)  # (2b, N, P)
-        elif world > 1:  # an all-False mask keeps the mask embedding in DDP's graph (no find_unused_parameters)
-            mask = torch.zeros(2 * local_b, N, P, dtype=torch.bool, device=device)
-        else:
-            mask = None
-        ttr_w = ttr_weight_at(step, total, cfg.ttr_weight, cfg.ttr_fraction)
-        r = compute_losses(model, teacher, x1, x2, mask, ttr_w, cfg.tok_weight, cfg.eps, amp)
-        opt.zero_grad(set_to_none=True)
-        r["loss"].backward()
-        r["grad_norm"] = torch.nn.utils.clip_grad_norm_(s_params, cfg.clip_grad, foreach=True)
-        opt.step()
-        m = ema_momentum_at(step, total, cfg.ema_momentum)
-        ema_update(t_params, s_params, m)
-
+        r = tr.step(step)
         with torch.no_grad():
             vals = torch.stack([r[k].detach().float() for k in keys])
             acc[:-1] += vals
-            acc[-1] += float(masked)
-            term = torch.stack([vals[0], vals[1], vals[2], vals[3], vals[9]])
+            acc[-1] += float(r["masked"])
+            term = vals[[1, 2, 3, 0, 9]]
             first_bad.copy_(torch.where((first_bad < 0) & ~torch.isfinite(term), step, first_bad))
         n_window += 1
         done = step + 1
@@ -524,14 +545,14 @@ def train(cfg: TrainConfig):
             rec["tok"] = a[3] / max(1.0, a[-1])  # L_Tok averaged over the masked batches only
             dt = time.time() - t_window
             t_run += dt
-            rec.update(step=done, lr=lr, wd=wd, ema=m, ttr_w=ttr_w,
+            rec.update(step=done, lr=r["lr"], wd=r["wd"], ema=r["ema"], ttr_w=r["ttr_w"],
                        samples_per_s=n_window * cfg.batch_size / dt, s_per_step=dt / n_window)
             log.append(rec)
             if rank == 0:
                 eta = (total - done) * t_run / (done - start)
                 print(f"step {done:>6}/{total} | loss {rec['loss']:+.3f} cls {rec['cls']:+.3f} ttr {rec['ttr']:+.3f} "
-                      f"tok {rec['tok']:+.3f} comp {rec['comp']:.3f} expa {rec['expa']:.3f} | lr {lr:.2e} "
-                      f"ema {m:.4f} | std s {rec['std_s']:.3f} t {rec['std_t']:.3f} cos_t {rec['cos_t']:.3f} | "
+                      f"tok {rec['tok']:+.3f} comp {rec['comp']:.3f} expa {rec['expa']:.3f} | lr {rec['lr']:.2e} "
+                      f"ema {rec['ema']:.4f} | std s {rec['std_s']:.3f} t {rec['std_t']:.3f} cos_t {rec['cos_t']:.3f} | "
                       f"{rec['samples_per_s']:.1f} samples/s, {rec['s_per_step']:.2f} s/step, "
                       f"ETA {eta / 60:.1f} min", flush=True)
                 with open(jsonl, "a") as f:
