@@ -99,7 +99,7 @@ def ttr_loss(student_tokens, teacher_tokens, head, n_networks, n_patches, teache
 
     s = [summarise(t, head) for t in student_tokens]
     with torch.no_grad():
-        t = [summarise(t.detach(), teacher_head or head) for t in teacher_tokens]
+        t = [summarise(t.detach(), head if teacher_head is None else teacher_head) for t in teacher_tokens]
     return mcr_loss(s, t, eps)
 
 
