@@ -33,11 +33,9 @@ def test_demo_preset_shapes_and_features():
     assert enc.n_networks == 9 and enc.n_patches == 5
     x = torch.randn(2, 457, 100)
     with torch.no_grad():
-        cls, tokens = enc(x, slice_mask(2, 9, 5))
-        assert cls.shape == (2, 192) and tokens.shape == (2, 45, 192)
         feats = enc.features(x)
         cls, tokens = enc(x)
-    assert feats.shape == (2, 384)
+    assert cls.shape == (2, 192) and tokens.shape == (2, 45, 192) and feats.shape == (2, 384)
     torch.testing.assert_close(feats, torch.cat([tokens.mean(1), cls], -1))
 
 
@@ -67,6 +65,18 @@ def test_token_layout_and_embeddings():
         z = enc.tokenizer(x) + enc.network_embed[:, None] + sincos_embedding(3, 32)   # (B, N, P, D)
     torch.testing.assert_close(tokens.view(2, 3, 3, 32), enc.norm(z))
     torch.testing.assert_close(cls, enc.norm(enc.cls_token[:, 0].expand(2, -1)))
+
+
+def test_autocast_bf16_runs_close_to_fp32():
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(**TINY), [0, 1, 1, 2, 0, 2])
+    x, mask = torch.randn(2, 6, 100), slice_mask(2, 3, 5)
+    with torch.no_grad():
+        ref = enc(x, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = enc(x, mask)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a.float(), b, rtol=0.1, atol=0.1)
 
 
 def test_sincos_embedding():
