@@ -73,8 +73,15 @@ def grouped_conv_gelu_mean(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
     x (B, C, T') ROIs sorted by network, weight (C, K, D), bias (N, D) -> (B, N, P, D)."""
     from . import tokenizer_conv
-    # looked up lazily so the model runs before (or without) the Triton implementation
-    triton_impl = getattr(tokenizer_conv, "grouped_conv_gelu_mean_triton", None)
-    if triton_impl is not None and use_triton(x):
-        return triton_impl(x, weight, bias, offsets, patch_len)
+    if use_triton(x):
+        return tokenizer_conv.grouped_conv_gelu_mean_triton(x, weight, bias, offsets, patch_len)
     return tokenizer_conv.grouped_conv_gelu_mean_reference(x, weight, bias, offsets, patch_len)
+
+
+def mcr_loss(student_views, teacher_views, eps: float = 0.05):
+    """The MCR loss (SPEC §7) through the Triton kernel of coding_rate.py -> (loss, comp, expa).
+
+    No dispatch here: `losses.mcr_loss` asks `use_triton` and holds the PyTorch reference (this
+    package imports nothing of the model)."""
+    from .coding_rate import mcr_loss_triton
+    return mcr_loss_triton(student_views, teacher_views, eps)

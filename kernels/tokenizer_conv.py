@@ -179,8 +179,8 @@ def _conv_gelu_mean_bwd_weight_kernel(
     pid_j, pid_d, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c_lo = tl.load(offs_ptr + n)
     ck_n = (tl.load(offs_ptr + n + 1) - c_lo) * K
-    if pid_j * BLOCK_CK >= ck_n:                                     # grid covers the largest network
-        return
+    # the grid covers the largest network: tiles past this one's end run no iterations (and store nothing)
+    n_rows = tl.where(pid_j * BLOCK_CK < ck_n, BP, 0)
     j = pid_j * BLOCK_CK + tl.arange(0, BLOCK_CK)                    # (BLOCK_CK,) = (c, k) pairs
     j_ok = j < ck_n
     c = c_lo + j // K
@@ -188,7 +188,7 @@ def _conv_gelu_mean_bwd_weight_kernel(
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
     acc = tl.zeros((BLOCK_CK, BLOCK_D), dtype=tl.float32)
-    for r0 in range(0, BP, BLOCK_ROWS):
+    for r0 in range(0, n_rows, BLOCK_ROWS):
         rows = r0 + tl.arange(0, BLOCK_ROWS)
         row_ok = rows < BP
         b, p = rows // P, rows % P
@@ -220,8 +220,8 @@ def _conv_gelu_mean_bwd_x_kernel(
     pid_r, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c_lo = tl.load(offs_ptr + n)
     r_n = tl.load(offs_ptr + n + 1) - c_lo
-    if pid_c * BLOCK_R >= r_n:                                       # grid covers the largest network
-        return
+    # the grid covers the largest network: chunks past this one's end run no iterations
+    n_steps = tl.where(pid_c * BLOCK_R < r_n, L, 0)
     rr = pid_c * BLOCK_R + tl.arange(0, BLOCK_R)                     # (BLOCK_R,) ROIs of network n
     r_ok = rr < r_n
     c = c_lo + rr
@@ -230,7 +230,7 @@ def _conv_gelu_mean_bwd_x_kernel(
     b, p = rows // P, rows % P
     gh_row = (n * BP + rows).to(tl.int64) * L * D
     dd = tl.arange(0, BLOCK_D)
-    for s in range(0, L):
+    for s in range(0, n_steps):
         acc = tl.zeros((BLOCK_ROWS, BLOCK_R), dtype=tl.float32)
         # only taps whose source time t = s - k + PAD_L lies inside the patch contribute
         for k in range(tl.maximum(s + PAD_L - L + 1, 0), tl.minimum(s + PAD_L + 1, K)):
@@ -252,13 +252,15 @@ def _conv_gelu_mean_bwd_x_kernel(
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ConvBlocks:
-    """Tile sizes shared by the four kernels. The GPU defaults keep every tl.dot dimension >= 16 and
-    the two fp32 (BLOCK_ROWS, BLOCK_D) register tiles of the forward at 64 values per thread with 8
-    warps. Tests and the CPU interpreter use larger tiles: there the cost is per program and per op,
-    not per element."""
-    rows: int = 64       # BLOCK_ROWS: (b, p) rows per program (tl.dot M)
+    """Tile sizes of the four kernels. The GPU defaults keep every tl.dot dimension >= 16 and were
+    chosen so that ptxas (sm_90) reports no register spills for bf16 and tf32 and at most a few
+    dozen bytes for fp32-ieee; they are not tuned by measurement. Tests and the CPU interpreter use
+    larger tiles: there the cost is per program and per op, not per element."""
+    rows: int = 64       # BLOCK_ROWS of the forward: (b, p) rows per program (tl.dot M)
+    rows_b: int = 32     # BLOCK_ROWS of the three backward kernels (more live tiles there)
     d: int = 128         # BLOCK_D: output channels per program / per reduction step of grad_x
     ck: int = 32         # BLOCK_CK: (ROI, tap) pairs per reduction step (forward), per program (grad_weight)
+    ck_w: int = 128      # BLOCK_CK of grad_weight: each program re-reads gh once, so this tile is large
     r: int = 32          # BLOCK_R: ROIs per grad_x program
     num_warps: int = 8
 
@@ -272,8 +274,10 @@ def default_blocks(x: torch.Tensor, D: int, K: int, max_r: int) -> ConvBlocks:
     if x.is_cuda:
         return ConvBlocks()
     B, _, T = x.shape
-    return ConvBlocks(rows=_pow2(B * T, 16, 128), d=_pow2(D, 16, 256), ck=_pow2(max_r * K, 16, 256),
-                      r=_pow2(max_r, 16, 128), num_warps=4)
+    ck = _pow2(max_r * K, 16, 256)
+    rows = _pow2(B * T, 16, 128)
+    return ConvBlocks(rows=rows, rows_b=rows, d=_pow2(D, 16, 256), ck=ck, ck_w=ck, r=_pow2(max_r, 16, 128),
+                      num_warps=4)
 
 
 def _dot_config(dtype: torch.dtype, device: torch.device):
@@ -342,24 +346,24 @@ def _forward(x, weight, bias, offs_t, offsets, patch_len, blocks):
 def _backward(x, weight, bias, offs_t, offsets, patch_len, blocks, gout, need_x, need_w):
     B, C, T, K, D, N, P, max_r, bl, common = _launch_meta(x, weight, offsets, patch_len, blocks)
     BP, L = B * P, patch_len
-    n_row_tiles = triton.cdiv(BP, bl.rows)
+    n_row_tiles = triton.cdiv(BP, bl.rows_b)
     gh = torch.empty(N, BP, L, D, device=x.device, dtype=_TORCH_DTYPE[common["DOT_DTYPE"]])
     gbias = torch.empty(N, n_row_tiles, D, device=x.device, dtype=torch.float32)
     _conv_gelu_mean_bwd_gh_kernel[(n_row_tiles, triton.cdiv(D, bl.d), N)](
         x, weight, bias, offs_t, gout.contiguous(), gh, gbias, BP, C, T, D, N, P, L,
-        BLOCK_ROWS=bl.rows, BLOCK_D=bl.d, BLOCK_CK=bl.ck, **common)
+        BLOCK_ROWS=bl.rows_b, BLOCK_D=bl.d, BLOCK_CK=bl.ck, **common)
     gx = gw = None
     if need_w:
         gw = torch.empty(C, K, D, device=x.device, dtype=torch.float32)
-        _conv_gelu_mean_bwd_weight_kernel[(triton.cdiv(max_r * K, bl.ck), triton.cdiv(D, bl.d), N)](
+        _conv_gelu_mean_bwd_weight_kernel[(triton.cdiv(max_r * K, bl.ck_w), triton.cdiv(D, bl.d), N)](
             x, gh, offs_t, gw, BP, C, T, D, P, L,
-            BLOCK_ROWS=bl.rows, BLOCK_D=bl.d, BLOCK_CK=bl.ck, **common)
+            BLOCK_ROWS=bl.rows_b, BLOCK_D=bl.d, BLOCK_CK=bl.ck_w, **common)
         gw = gw.to(weight.dtype)
     if need_x:
         gx = torch.empty(B, C, T, device=x.device, dtype=torch.float32)
         _conv_gelu_mean_bwd_x_kernel[(n_row_tiles, triton.cdiv(max_r, bl.r), N)](
             weight, gh, offs_t, gx, BP, C, T, D, P, L,
-            BLOCK_ROWS=bl.rows, BLOCK_D=bl.d, BLOCK_R=bl.r, **common)
+            BLOCK_ROWS=bl.rows_b, BLOCK_D=bl.d, BLOCK_R=bl.r, **common)
         gx = gx.to(x.dtype)
     return gx, gw, gbias.sum(1).to(bias.dtype)
 
