@@ -97,11 +97,10 @@ def build_parser():
         line = line.strip()
         if ":" in line and "#" in line and not line.startswith("#"):
             helps[line.split(":")[0].strip()] = line.split("#", 1)[1].strip()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        h = helps.get(f.name, "")
+        h = helps.get(f.name, "").replace("%", "%%")
         if f.type is bool:
             p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=h)
             continue
@@ -412,8 +411,9 @@ def plot_curves(log, path):
     plt.close(fig)
 
 
-def train(cfg: TrainConfig):
-    """Run (or resume) pretraining as configured; returns a summary dict (rank 0)."""
+def train(cfg: TrainConfig, given=()):
+    """Run (or resume) pretraining as configured; returns a summary dict (rank 0).
+    `given`: the option names set explicitly (on --resume they must agree with the saved run)."""
     rank, world, device = _setup_distributed(cfg.device)
     kernels.set_enabled(not cfg.no_kernels)
     out = cfg.out
@@ -424,6 +424,11 @@ def train(cfg: TrainConfig):
             raise ValueError(f"--resume: no {state_path} to resume from")
         state = checkpoint.load_state(state_path)
         saved = state["config"]
+        clash = [f"--{k.replace('_', '-')} {getattr(cfg, k)} (saved: {saved.get(k)})" for k in given
+                 if k not in KEEP_ON_RESUME and getattr(cfg, k) != saved.get(k)]
+        if clash:
+            raise ValueError(f"--resume continues the run saved in {out}, but these options differ from it: "
+                             f"{', '.join(clash)}. Drop them, or start a new run with another --out")
         cfg = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in KEEP_ON_RESUME}})
         _say(rank, f"resuming {out} from step {state['step']}")
     elif os.path.exists(state_path) and not cfg.overwrite:
@@ -585,7 +590,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
                         format="%(message)s")
     try:
-        train(resolve_config(vars(args)))
+        train(resolve_config(vars(args)), given=tuple(vars(args)))
     except (ValueError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2 if isinstance(e, ValueError) else 3)

@@ -1,0 +1,269 @@
+"""train.py: a short end-to-end run, exact resume after SIGKILL, DDP == single process, non-finite
+stop, bad inputs surfaced as clear CLI errors, kernels on/off parity. Tiny models (D 32, depth 1)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import data
+import kernels
+import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dim", "32", "--depth", "1", "--heads", "2", "--proj-hidden", "64", "--batch-size", "8",
+        "--no-kernels", "--log-every", "1", "--eval-scans", "0"]
+SMALL_MAP = np.repeat(np.arange(4), 10)   # 40 ROIs, 4 networks: keeps the tests fast
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """12 subjects x 2 scans with the default 457-ROI map."""
+    d = tmp_path_factory.mktemp("cohort")
+    data.make_synthetic_cohort(d, n_pretrain_subjects=12, scans_per_subject=2, n_probe=4, length_range=(100, 140))
+    return d
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """12 subjects x 2 scans, 40 ROIs in 4 networks; network map in network_map.txt."""
+    d = tmp_path_factory.mktemp("small")
+    data.make_synthetic_cohort(d, n_pretrain_subjects=12, scans_per_subject=2, n_probe=4,
+                               length_range=(100, 140), network_map=SMALL_MAP)
+    return d
+
+
+def small_args(small, out, *extra):
+    return ["--data", str(small / "pretrain.npy"), "--networks", str(small / "network_map.txt"),
+            "--preset", "demo", *TINY, "--out", str(out), *extra]
+
+
+def read_log(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_main(args, capsys):
+    """train.main in-process -> (exit code, stdout, stderr)."""
+    try:
+        train.main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        kernels.set_enabled(False)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_defaults_and_presets():
+    p = train.build_parser()
+    cfg = train.resolve_config(vars(p.parse_args([])))
+    assert (cfg.preset, cfg.batch_size, cfg.steps, cfg.out, cfg.data) == ("demo", 64, 200, os.path.join("runs", "demo"), None)
+    cfg = train.resolve_config(vars(p.parse_args(["--data", "x.npy"])))
+    assert (cfg.preset, cfg.batch_size, cfg.epochs, cfg.steps) == ("paper", 512, 100, None)
+    cfg = train.resolve_config(vars(p.parse_args(["--preset", "demo", "--epochs", "5", "--batch-size", "4"])))
+    assert (cfg.steps, cfg.epochs, cfg.batch_size) == (None, 5, 4)   # --epochs beats the preset's step count
+    assert "coding-rate epsilon" in p.format_help()
+    assert train.encoder_config(train.resolve_config({"preset": "paper"})).dim == 768
+
+
+def test_synthetic_run_writes_loadable_teacher(cohort, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "ensure_synthetic_cohort", lambda: cohort)   # no --data: built-in cohort
+    out = tmp_path / "run"
+    code, stdout, err = run_main(["--preset", "demo", *TINY, "--steps", "3", "--out", out, "--eval-scans", "16"],
+                                 capsys)
+    assert code == 0, err
+    assert "SYNTHETIC" in stdout and "subject separation" in stdout and '"steps": 3' in stdout
+    raw = torch.load(out / "teacher.pt", weights_only=True)
+    assert raw["step"] == 3 and raw["train_config"]["dim"] == 32
+    enc, meta = checkpoint.load_teacher(out / "teacher.pt")
+    x = data.probe_crops(data.load_scans(cohort / "probe.npy"), n_crops=2).flatten(0, 1)
+    with torch.no_grad():
+        f = enc.features(x)
+    assert f.shape == (8, 64) and torch.isfinite(f).all()
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    for k in ("cls", "ttr", "tok", "comp", "expa", "lr", "ema", "std_s", "std_t", "cos_t", "samples_per_s"):
+        assert np.isfinite(log[-1][k])
+    assert (out / "curves.png").stat().st_size > 0 and (out / "state.pt").exists()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["steps"] == 3 and cfg["encoder"]["depth"] == 1
+    # a second run into the same folder must not silently overwrite it
+    code, _, err = run_main(["--preset", "demo", *TINY, "--steps", "3", "--out", out], capsys)
+    assert code == 2 and "already holds a run (step 3 of 3)" in err and "--resume" in err
+
+
+def _cli(args, **kw):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = "2"
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(small, tmp_path):
+    steps = ["--steps", "6", "--ckpt-every", "3"]
+    full = _cli(small_args(small, tmp_path / "full", *steps))
+    killed = _cli(small_args(small, tmp_path / "killed", *steps))
+    for line in killed.stdout:             # kill hard right after the first checkpoint is written
+        if line.startswith("checkpoint: step 3"):
+            killed.send_signal(signal.SIGKILL)
+            break
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert full.wait() == 0, full.stderr.read()
+    resumed = _cli(small_args(small, tmp_path / "killed", "--resume"))
+    stdout, stderr = resumed.communicate()
+    assert resumed.returncode == 0, stderr
+    assert "resuming" in stdout and "from step 3" in stdout
+    a, b = read_log(tmp_path / "full"), read_log(tmp_path / "killed")
+    assert [r["step"] for r in b] == list(range(1, 7))
+    for ra, rb in zip(a, b):
+        for k in ("loss", "cls", "ttr", "tok", "std_t", "grad_norm", "lr", "ema"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-7), (ra["step"], k)
+    ta = torch.load(tmp_path / "full" / "teacher.pt", weights_only=True)["state_dict"]
+    tb = torch.load(tmp_path / "killed" / "teacher.pt", weights_only=True)["state_dict"]
+    assert all(torch.allclose(ta[k], tb[k], rtol=1e-5, atol=1e-6) for k in ta)
+
+
+def _fixed_inputs(b2):
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(b2, 40, 100, generator=g), torch.randn(b2, 40, 100, generator=g)
+    from masking import slice_mask
+    return x1, x2, slice_mask(2 * b2, 4, 5, generator=g)
+
+
+def _tiny_models():
+    cfg = train.resolve_config({"preset": "demo", "dim": 32, "depth": 1, "heads": 2, "proj_hidden": 64})
+    return train.build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
+
+
+def _ddp_worker(rank, world, port, path):
+    import torch.distributed as dist
+    kernels.set_enabled(False)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    student, teacher = _tiny_models()
+    model = torch.nn.parallel.DistributedDataParallel(student)
+    x1, x2, mask = _fixed_inputs(4 * world)
+    b = x1.shape[0] // world
+    mine = slice(rank * b, (rank + 1) * b)
+    m = torch.cat([mask[:world * b][mine], mask[world * b:][mine]])     # this rank's rows of both views
+    r = train.compute_losses(model, teacher, x1[mine], x2[mine], m, ttr_w=0.3)
+    r["loss"].backward()
+    if rank == 0:
+        torch.save({"losses": {k: v.detach() for k, v in r.items()},
+                    "grads": {n: p.grad for n, p in student.named_parameters() if p.grad is not None}}, path)
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_process_with_double_batch(tmp_path):
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = str(tmp_path / "rank0.pt")
+    mp.spawn(_ddp_worker, args=(2, port, path), nprocs=2, join=True)
+    got = torch.load(path, weights_only=True)
+
+    student, teacher = _tiny_models()
+    x1, x2, mask = _fixed_inputs(8)
+    r = train.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3)
+    r["loss"].backward()
+    for k in ("cls", "ttr", "comp", "expa"):   # global-batch terms: identical on every rank
+        assert got["losses"][k].item() == pytest.approx(r[k].item(), rel=1e-5, abs=1e-6), k
+    grads = {n: p.grad for n, p in student.named_parameters() if p.grad is not None}
+    assert grads.keys() == got["grads"].keys()
+    for n, g in grads.items():
+        torch.testing.assert_close(got["grads"][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(small, tmp_path, monkeypatch, capsys):
+    real, calls = train.compute_losses, []
+
+    def poisoned(*a, **k):
+        r = real(*a, **k)
+        calls.append(1)
+        if len(calls) >= 5:                      # step 5 goes bad
+            r["cls"] = r["cls"] * float("nan")
+            r["loss"] = r["loss"] + r["cls"]
+        return r
+
+    monkeypatch.setattr(train, "compute_losses", poisoned)
+    out = tmp_path / "nan"
+    code, stdout, err = run_main(small_args(small, out, "--steps", "8", "--ckpt-every", "2", "--log-every", "3"), capsys)
+    assert code == 3
+    assert "non-finite cls at step 5" in err and "last good checkpoint" in err and "Traceback" not in err
+    assert "checkpoint: step 4" in stdout and "checkpoint: step 6" not in stdout
+    raw = torch.load(out / "teacher.pt", weights_only=True)
+    assert raw["step"] == 4 and all(torch.isfinite(v).all() for v in raw["state_dict"].values())
+    assert checkpoint.load_state(out / "state.pt")["step"] == 4
+
+
+def _npy(tmp_path, arr, name="bad.npy"):
+    p = tmp_path / name
+    np.save(p, np.asarray(arr, dtype=np.float32))
+    return p
+
+
+def _series(S=4, C=40, T=120, seed=0):
+    return np.random.default_rng(seed).standard_normal((S, C, T)).astype(np.float32)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing", "no such file"),
+    ("ndim", "expected a 3-D array"),
+    ("roi_count", "457 ROIs but the data have 40"),
+    ("all_nan", "scan 2 is all NaN"),
+    ("few_scans", "data have 4 subjects .* --batch-size is 8"),
+    ("short", "fewer than one patch"),
+    ("networks_spec", "expected auto:K with an integer K"),
+    ("resume_nothing", "no .*state.pt to resume from"),
+])
+def test_bad_inputs_give_clear_cli_errors(case, match, small, tmp_path, capsys):
+    x = _series()
+    net = ["--networks", str(small / "network_map.txt")]
+    if case == "missing":
+        src = tmp_path / "nope.npy"
+    elif case == "ndim":
+        src = _npy(tmp_path, x[0])
+    elif case == "roi_count":
+        src, net = _npy(tmp_path, x), ["--networks", "default"]
+    elif case == "all_nan":
+        x[2] = np.nan
+        src = _npy(tmp_path, x)
+    elif case == "short":
+        x[1, :, 15:] = np.nan
+        src = _npy(tmp_path, x)
+    elif case == "networks_spec":
+        src, net = _npy(tmp_path, _series(S=12)), ["--networks", "auto:many"]
+    else:
+        src = _npy(tmp_path, x if case == "few_scans" else _series(S=12))
+    extra = ["--resume"] if case == "resume_nothing" else []
+    code, stdout, err = run_main(["--data", src, *net, "--preset", "demo", *TINY, "--steps", "2",
+                                  "--out", tmp_path / "o", *extra], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and "Traceback" not in err
+    import re
+    assert re.search(match, err), err
+
+
+@pytest.mark.skipif(not kernels._HAVE_TRITON or not hasattr(kernels, "grouped_conv_gelu_mean"),
+                    reason="Triton kernels not available")
+def test_kernels_on_and_off_give_same_losses(small, tmp_path, capsys):
+    """Two steps with the Triton kernels (interpreter on CPU) vs the PyTorch reference."""
+    assert kernels.interpreter_on()
+    args = small_args(small, tmp_path / "off", "--steps", "2", "--eval-scans", "0", "--batch-size", "4")
+    assert run_main(args, capsys)[0] == 0
+    args = small_args(small, tmp_path / "on", "--steps", "2", "--eval-scans", "0", "--batch-size", "4")
+    args.remove("--no-kernels")
+    assert run_main(args, capsys)[0] == 0
+    for a, b in zip(read_log(tmp_path / "off"), read_log(tmp_path / "on")):
+        for k in ("loss", "cls", "ttr", "tok", "grad_norm"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
