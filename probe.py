@@ -17,11 +17,13 @@ correlations over the whole scan, one sample per scan) and a randomly initialise
 checkpoint's config. Outputs: a table on stdout, probe_<task>.json (every split's numbers) and
 probe_<task>.png next to the checkpoint.
 
-Labels: a CSV/TSV with one column per task. With a `subject` (or `subject_id`, `participant_id`)
-column, rows are matched to scans by subject id (a leading "sub-" is ignored) when the data carry
-ids (a folder of BIDS-named files); for a single array file, whose scans carry no ids, rows are
-scans in order and the subject column says which scans belong to one subject. Without a subject
-column, rows are scans in order.
+Labels: a CSV/TSV with one column per task ("", NA, n/a, nan = missing: that scan is dropped for
+that task). With a `subject` (or `subject_id`, `participant_id`) column, rows are matched to scans
+by subject id (a leading "sub-" is ignored) when the scans carry ids (BIDS names of a folder's
+files, X_subjects.txt beside X.npy, or --subjects); for an array without ids, rows are scans in
+order and the subject column says which scans belong to one subject. Without a subject column,
+rows are scans in order. Classification when the values are at most 10 distinct integers or
+strings, regression otherwise (--task-type overrides; --bins k makes k quantile classes).
 """
 import argparse
 import csv
@@ -119,7 +121,8 @@ def scan_labels(header, rows, task, scan_subjects, data_has_ids):
         return [by_id.get(i) for i in ids], list(scan_subjects), notes
 
     if len(rows) != n:
-        how = ("the data carry no subject ids, so rows are matched to scans in order"
+        how = ("the data carry no subject ids, so rows are matched to scans in order (put X_subjects.txt "
+               "beside X.npy or pass --subjects to match rows by subject id)"
                if sub_col is not None else "without a subject column rows are matched to scans in order")
         raise ValueError(f"the labels file has {len(rows)} rows but there are {n} scans; {how}")
     subjects = [r[sub_col] for r in rows] if sub_col is not None else list(scan_subjects)
@@ -300,11 +303,23 @@ def regression_metrics(y, pred):
     return {"mae": float(mean_absolute_error(y, pred)), "r2": float(r2_score(y, pred)), "pearson_r": float(r)}
 
 
+def row_space(x_tr, evals):
+    """Fewer samples than features (FC: ~10^5 values per scan): an L2-penalised linear model's
+    weights lie in the span of the training rows, so fitting in an orthonormal basis of that span,
+    Q = X_trᵀ U Λ^-½ from the Gram matrix X_tr X_trᵀ = U Λ Uᵀ, gives the same predictions, fast.
+    x_tr (M, F), evals [(x (M', F), u)] -> x_tr Q (M, r), [(x Q (M', r), u)]."""
+    lam, U = np.linalg.eigh((x_tr @ x_tr.T).astype(np.float64))   # (M,), (M, M)
+    keep = lam > lam.max() * 1e-10                                  # drop the null space (rank < M)
+    proj = (U[:, keep] / np.sqrt(lam[keep])).astype(np.float32)    # (M, r)
+    evals = [((x @ x_tr.T) @ proj, u) for x, u in evals]            # X Q = X X_trᵀ U Λ^-½
+    return (U[:, keep] * np.sqrt(lam[keep])).astype(np.float32), evals   # X_tr Q = U Λ^½
+
+
 def probe_split(feats, task, split, max_iter=1000):
     """Fit one linear probe on a split and score it.
 
     feats (S, K, F): K samples per scan (8 crops; 1 for FC). Returns a dict with the chosen
-    regularisation, val and test metrics, and the test subjects' predictions."""
+    regularisation, split sizes (subjects), val and test metrics, and the test confusion matrix."""
     train, val, test = split
     x_tr, u_tr = _rows(feats, task, train)
     y_tr = task.y[train][u_tr]
@@ -312,11 +327,7 @@ def probe_split(feats, task, split, max_iter=1000):
     x_tr = scaler.transform(x_tr)
     evals = [(scaler.transform(x), u) for x, u in (_rows(feats, task, val), _rows(feats, task, test))]
     if x_tr.shape[0] < x_tr.shape[1]:
-        # Fewer samples than features (FC: ~10^5 values per scan): an L2-penalised linear model's
-        # weights lie in the span of the training rows, so fitting in that basis is exact and fast.
-        q, _ = np.linalg.qr(x_tr.T)                                 # (F, M) orthonormal
-        x_tr = x_tr @ q                                             # (M, M)
-        evals = [(x @ q, u) for x, u in evals]
+        x_tr, evals = row_space(x_tr, evals)
     classify = task.kind == "classification"
     if classify:
         model = LogisticRegression(max_iter=max_iter, class_weight="balanced", warm_start=True)
@@ -447,11 +458,14 @@ def cached(path, compute):
             pass                                                    # unreadable cache: recompute
     arr = compute()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, path)
+        except OSError as e:                                        # read-only checkpoint folder: go on
+            print(f"  note: could not cache features in {path.parent} ({e}); use --cache-dir", file=sys.stderr)
     return arr
 
 
@@ -586,6 +600,8 @@ def _options(args):
 def run(args):
     ratios, seeds, baselines = _options(args)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}, but this machine has no CUDA device (use --device cpu)")
     ckpt = Path(args.ckpt)
     encoder, meta = load_teacher(ckpt)
     network_map = meta["network_map"].numpy()
@@ -663,15 +679,26 @@ def run(args):
                    "alpha_grid": ALPHA_GRID.tolist(), "max_iter": args.max_iter,
                    "n_subjects": len(task.y), "n_scans": int(len(task.scans)), "n_missing": task.n_missing,
                    "notes": task.notes},
-        "methods": results,
+        "std": "over repeats, ddof 0", "methods": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, allow_nan=True))
+    out.write_text(json.dumps(_finite(report), indent=1))
     png = out.with_suffix(".png")
     plot_results(results, task, png, f"{task.name} ({'synthetic' if synthetic else data_path.name}), "
                                      f"{len(seeds)} repeats")
     print(f"\nwrote {out} and {png}")
     return report
+
+
+def _finite(obj):
+    """NaN (e.g. AUROC of a split missing a class) -> null, so the JSON is strict."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def main(argv=None):

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 import torch
 
 import data
@@ -259,3 +260,16 @@ def test_cli_user_errors(ckpt, tmp_path, capsys):
                                                        capsys)
     assert "--split must be" in _error(ok + ["--task", "dx", "--split", "4:1"], capsys)
     assert "unknown baseline" in _error(ok + ["--task", "dx", "--baselines", "pca"], capsys)
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in _error(ok + ["--task", "dx", "--device", "cuda"], capsys)
+
+
+def test_row_space_fit_is_exact():
+    rng = np.random.default_rng(3)
+    x_tr, x_te = rng.normal(size=(20, 200)), rng.normal(size=(7, 200))
+    y = rng.integers(0, 2, 20)
+    z_tr, [(z_te, _)] = probe.row_space(x_tr.astype(np.float32), [(x_te.astype(np.float32), None)])
+    assert z_tr.shape == (20, 20)
+    full = LogisticRegression(C=0.1, tol=1e-10, max_iter=5000).fit(x_tr, y).decision_function(x_te)
+    small = LogisticRegression(C=0.1, tol=1e-10, max_iter=5000).fit(z_tr, y).decision_function(z_te)
+    np.testing.assert_allclose(small, full, rtol=1e-3, atol=1e-4)
