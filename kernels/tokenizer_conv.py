@@ -11,6 +11,12 @@ other):
 
 `weight` stacks every network's (R_n, K, D) block along the ROI axis, so it is (C, K, D) with no
 padding; the block-diagonal structure is carried by `offsets` alone.
+
+Below the reference: the Triton implementation (`grouped_conv_gelu_mean_triton`, forward and
+backward kernels in one autograd.Function); its design is described where it starts.
+
+    python -m pytest -q tests/test_kernels.py     # parity with the reference (CPU interpreter)
+    python bench/kernels.py [--dtype bf16]        # timings on a CUDA GPU
 """
 import torch
 import torch.nn.functional as F
@@ -274,7 +280,7 @@ def default_blocks(x: torch.Tensor, D: int, K: int, max_r: int) -> ConvBlocks:
     if x.is_cuda:
         return ConvBlocks()
     B, _, T = x.shape
-    ck = _pow2(max_r * K, 16, 256)
+    ck = _pow2(max_r * K, 16, 2048)                                  # one chunk per network
     rows = _pow2(B * T, 16, 128)
     return ConvBlocks(rows=rows, rows_b=rows, d=_pow2(D, 16, 256), ck=ck, ck_w=ck, r=_pow2(max_r, 16, 128),
                       num_warps=4)

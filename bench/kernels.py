@@ -1,0 +1,201 @@
+"""Benchmark the Triton kernels against the PyTorch references at paper shapes (SPEC §3, §7).
+
+Cases, forward and forward+backward, each on the reference (eager and torch.compile) and on the
+Triton kernel:
+- tokenizer conv: B = 1024 crops (batch 512, two views), C = 457 ROIs in the SPEC's nine
+  networks, T' = 100, L = 20, K = 16 taps, D = 768; the backward asks for weight and bias grads
+  only (x is data in training);
+- MCR loss: p = 128, m = 512 (L_CLS) and m = 4608 = B·N (L_TTR).
+One line per case: median time (CUDA events), peak memory, speed-up of Triton over each reference.
+
+    python bench/kernels.py [--dtype fp32|bf16] [--tf32] [--iters 20] [--no-compile]
+    python bench/kernels.py --compile-check [--dtype bf16]   # no GPU needed: compile for sm_90
+
+Without CUDA it says so and exits 0 (the CPU interpreter is far too slow to time).
+"""
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+PAPER_COUNTS = (61, 77, 46, 47, 26, 52, 91, 50, 7)   # SPEC §2, fallback if networks.py is absent
+
+
+def network_counts():
+    try:
+        import numpy as np
+        import networks
+        return tuple(np.bincount(networks.default_network_map()).tolist())
+    except ImportError:
+        return PAPER_COUNTS
+
+
+def median_ms(fn, iters, warmup=3):
+    """Median wall time of fn() on the GPU in ms, and the peak memory it allocated (MiB)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+
+
+def run_case(name, impls, iters):
+    """impls: {label: fn}; the first is the eager reference, 'triton' the kernel. Prints one line."""
+    res = {}
+    for label, fn in impls.items():
+        try:
+            res[label] = median_ms(fn, iters)
+        except Exception as e:  # torch.compile may not handle a case: report and go on
+            print(f"  ({name}: {label} failed: {type(e).__name__}: {str(e).splitlines()[0][:100]})")
+        torch.cuda.empty_cache()
+    parts = [f"{label} {ms:8.3f} ms {mb:7.0f} MiB" for label, (ms, mb) in res.items()]
+    if "triton" in res:
+        parts += [f"x{res[label][0] / res['triton'][0]:.2f} vs {label}" for label in res if label != "triton"]
+    print(f"{name:34s} | " + " | ".join(parts), flush=True)
+
+
+def bench_conv(dtype, iters, compile_ref):
+    from kernels.tokenizer_conv import grouped_conv_gelu_mean_reference, grouped_conv_gelu_mean_triton
+    counts = network_counts()
+    B, C, T, L, K, D = 1024, sum(counts), 100, 20, 16, 768
+    offsets = tuple(int(sum(counts[:i])) for i in range(len(counts) + 1))
+    x = torch.randn(B, C, T, device="cuda", dtype=dtype)
+    w = (torch.randn(C, K, D, device="cuda") / (K * max(counts)) ** 0.5).to(dtype).requires_grad_()
+    b = torch.randn(len(counts), D, device="cuda", dtype=dtype).requires_grad_()
+    g = torch.randn(B, len(counts), T // L, D, device="cuda", dtype=dtype)
+    fns = {"ref": grouped_conv_gelu_mean_reference}
+    if compile_ref:
+        fns["compiled"] = torch.compile(grouped_conv_gelu_mean_reference)
+    fns["triton"] = grouped_conv_gelu_mean_triton
+    shape = f"B={B} C={C} T'={T} L={L} K={K} D={D} N={len(counts)}"
+
+    def fwd(f):
+        def run():
+            with torch.no_grad():
+                f(x, w, b, offsets, L)
+        return run
+
+    def fwd_bwd(f):
+        def run():
+            torch.autograd.grad(f(x, w, b, offsets, L), (w, b), g)
+        return run
+
+    run_case(f"conv fwd {shape}", {k: fwd(f) for k, f in fns.items()}, iters)
+    run_case(f"conv fwd+bwd {shape}", {k: fwd_bwd(f) for k, f in fns.items()}, iters)
+
+
+def bench_mcr(dtype, iters, compile_ref):
+    from kernels.coding_rate import mcr_loss_triton
+    from losses import mcr_loss_reference
+    fns = {"ref": mcr_loss_reference}
+    if compile_ref:
+        fns["compiled"] = torch.compile(mcr_loss_reference)
+    fns["triton"] = mcr_loss_triton
+    for m in (512, 4608):
+        s = [F.normalize(torch.randn(m, 128, device="cuda"), dim=-1).to(dtype).requires_grad_() for _ in range(2)]
+        t = [F.normalize(torch.randn(m, 128, device="cuda"), dim=-1).to(dtype) for _ in range(2)]
+
+        def fwd(f):
+            def run():
+                with torch.no_grad():
+                    f(s, t)
+            return run
+
+        def fwd_bwd(f):
+            def run():
+                torch.autograd.grad(f(s, t)[0], s)
+            return run
+
+        run_case(f"mcr fwd m={m} p=128", {k: fwd(f) for k, f in fns.items()}, iters)
+        run_case(f"mcr fwd+bwd m={m} p=128", {k: fwd_bwd(f) for k, f in fns.items()}, iters)
+
+
+def compile_check(dtype=None):
+    """Compile every kernel (bf16, fp32 ieee, fp32 tf32; or one --dtype) for sm_90 with the GPU tiles:
+    catches what the CPU interpreter lets through (dtypes, shared memory, unsupported constructs).
+    No GPU needed."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("--compile-check needs TRITON_INTERPRET unset (the interpreter replaces @triton.jit)")
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels import coding_rate as cr
+    from kernels import tokenizer_conv as tc
+
+    conv, mcr = tc.ConvBlocks(), cr.McrBlocks()
+    ints = {k: "i32" for k in ("BP", "C", "T", "D", "N", "P", "L")}
+    ints_b = {k: ints[k] for k in ints if k != "N"}
+    target = GPUTarget("cuda", 90, 32)
+    variants = (("bf16", tl.bfloat16, "ieee"), ("fp32", tl.float32, "ieee"), ("fp32", tl.float32, "tf32"))
+    for dt, dot, prec in (v for v in variants if dtype in (None, v[0])):
+        P = f"*{dt}"
+        cc = dict(K=16, PAD_L=7, DOT_DTYPE=dot, PRECISION=prec)
+        cases = [
+            (tc._conv_gelu_mean_fwd_kernel, dict(x_ptr=P, w_ptr=P, bias_ptr=P, offs_ptr="*i32", out_ptr=P, **ints),
+             dict(BLOCK_ROWS=conv.rows, BLOCK_D=conv.d, BLOCK_CK=conv.ck, **cc), conv.num_warps),
+            (tc._conv_gelu_mean_bwd_gh_kernel, dict(x_ptr=P, w_ptr=P, bias_ptr=P, offs_ptr="*i32", gout_ptr=P, gh_ptr=P,
+                                                    gbias_ptr="*fp32", **ints),
+             dict(BLOCK_ROWS=conv.rows_b, BLOCK_D=conv.d, BLOCK_CK=conv.ck, **cc), conv.num_warps),
+            (tc._conv_gelu_mean_bwd_weight_kernel, dict(x_ptr=P, gh_ptr=P, offs_ptr="*i32", gw_ptr="*fp32", **ints_b),
+             dict(BLOCK_ROWS=conv.rows_b, BLOCK_D=conv.d, BLOCK_CK=conv.ck_w, **cc), conv.num_warps),
+            (tc._conv_gelu_mean_bwd_x_kernel, dict(w_ptr=P, gh_ptr=P, offs_ptr="*i32", gx_ptr="*fp32", **ints_b),
+             dict(BLOCK_ROWS=conv.rows_b, BLOCK_D=conv.d, BLOCK_R=conv.r, **cc), conv.num_warps),
+            (cr._mcr_stats_kernel, dict(s1_ptr=P, t1_ptr=P, s2_ptr=P, t2_ptr=P, gram_ptr="*fp32", cos_ptr="*fp32",
+                                        m="i32", p="i32", rows_per_split="i32", n_tiles="i32", cos_eps="fp32"),
+             dict(BLOCK_M=mcr.rows, BLOCK_P=mcr.p, PRECISION=prec), mcr.num_warps),
+            (cr._mcr_grad_kernel, dict(s_ptr=P, t_ptr=P, tu_ptr=P, minv_ptr="*fp32", gs_ptr=P, m="i32", p="i32",
+                                       w_expa="fp32", w_cos="fp32", cos_eps="fp32"),
+             dict(BLOCK_M=mcr.rows, BLOCK_P=mcr.p, PRECISION=prec), mcr.num_warps),
+        ]
+        for fn, sig, consts, warps in cases:
+            src = ASTSource(fn, {**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
+            k = triton.compile(src, target=target, options={"num_warps": warps})
+            smem = k.metadata.shared
+            if smem > 227 * 1024:
+                raise SystemExit(f"{fn.__name__} ({dt}/{prec}) needs {smem} B of shared memory > H100's 227 KiB")
+            print(f"sm_90 {fn.__name__:36s} {dt}/{prec:4s} ok, shared memory {smem // 1024:4d} KiB", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), help="default fp32 (--compile-check: all)")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (reference and kernels alike)")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
+    ap.add_argument("--only", choices=("conv", "mcr"), help="run one kernel's cases")
+    ap.add_argument("--compile-check", action="store_true", help="compile all kernels for sm_90 and exit")
+    args = ap.parse_args()
+    if args.compile_check:
+        return compile_check(args.dtype)
+    if not torch.cuda.is_available():
+        print("bench/kernels.py: no CUDA device; nothing to time (the Triton interpreter is not a benchmark).")
+        return
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    args.dtype = args.dtype or "fp32"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    print(f"{torch.cuda.get_device_name()} | dtype {args.dtype} | tf32 {args.tf32} | median of {args.iters}")
+    torch.manual_seed(0)
+    if args.only in (None, "conv"):
+        bench_conv(dtype, args.iters, not args.no_compile)
+    if args.only in (None, "mcr"):
+        bench_mcr(dtype, args.iters, not args.no_compile)
+
+
+if __name__ == "__main__":
+    main()
