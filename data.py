@@ -492,14 +492,18 @@ class TrainBatches:
     for a seed and device type, `state_dict()` is just counters, and `load_state_dict()` resumes
     with bitwise the same batches. With several processes (rank/world_size), all ranks share the
     epoch permutation and each takes its own slice of the global batch.
+
+    augment=False returns the bare z-scored crops (ablations, tests).
     """
 
     def __init__(self, scans, device="cpu", crop_len=CROP_LEN, seed=0, rank=0, world_size=1,
-                 resident=None, budget_bytes=None):
+                 resident=None, budget_bytes=None, augment=True):
         if len(scans) == 0:
             raise ValueError("no scans to train on")
         self.scans, self.device, self.crop_len = scans, torch.device(device), int(crop_len)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.augment = augment
+        self.last_scans = None   # (B,) scan indices of the last batch (logging, tests)
         names, subj_of_scan = np.unique(np.asarray(scans.subjects, dtype=str), return_inverse=True)
         self.n_subjects = len(names)
         order = np.argsort(subj_of_scan, kind="stable")                         # scans grouped by subject
@@ -569,7 +573,10 @@ class TrainBatches:
             x = torch.from_numpy(self.scans.read(scan.cpu().numpy())).to(dev)   # (B, C, T)
             src = _pad_time(zscore(x, self.lengths[scan]), Tc)
             rows = torch.arange(B, device=dev).repeat(2)
-        x = augment(_gather_crops(src, rows, starts, Tc).float(), g)              # (2B, C, T')
+        x = _gather_crops(src, rows, starts, Tc).float()                          # (2B, C, T')
+        if self.augment:
+            x = augment(x, g)
+        self.last_scans = scan
 
         self.step += 1
         self.pos += B * self.world_size
