@@ -256,14 +256,23 @@ def test_bad_inputs_give_clear_cli_errors(case, match, small, tmp_path, capsys):
 
 @pytest.mark.skipif(not kernels._HAVE_TRITON or not hasattr(kernels, "grouped_conv_gelu_mean"),
                     reason="Triton kernels not available")
-def test_kernels_on_and_off_give_same_losses(small, tmp_path, capsys):
-    """Two steps with the Triton kernels (interpreter on CPU) vs the PyTorch reference."""
+def test_kernels_on_and_off_give_same_losses(tmp_path, capsys):
+    """Two steps with the Triton kernels (interpreter on CPU) vs the PyTorch reference. The
+    interpreter is slow, so: 8 ROIs in 4 networks, D 16, batch 2."""
     assert kernels.interpreter_on()
-    args = small_args(small, tmp_path / "off", "--steps", "2", "--eval-scans", "0", "--batch-size", "4")
-    assert run_main(args, capsys)[0] == 0
-    args = small_args(small, tmp_path / "on", "--steps", "2", "--eval-scans", "0", "--batch-size", "4")
-    args.remove("--no-kernels")
-    assert run_main(args, capsys)[0] == 0
-    for a, b in zip(read_log(tmp_path / "off"), read_log(tmp_path / "on")):
-        for k in ("loss", "cls", "ttr", "tok", "grad_norm"):
+    d = data.make_synthetic_cohort(tmp_path / "micro", n_pretrain_subjects=4, scans_per_subject=1, n_probe=2,
+                                   length_range=(100, 120), network_map=np.repeat(np.arange(4), 2))
+    logs = []
+    for name, flag in (("off", ["--no-kernels"]), ("on", [])):
+        args = ["--data", d / "pretrain.npy", "--networks", d / "network_map.txt", "--preset", "demo",
+                "--dim", "16", "--depth", "1", "--heads", "2", "--proj-hidden", "32", "--batch-size", "2",
+                "--steps", "2", "--log-every", "1", "--eval-scans", "0", "--out", tmp_path / name, *flag]
+        code, _, err = run_main(args, capsys)
+        assert code == 0, err
+        logs.append(read_log(tmp_path / name))
+    for a, b in zip(*logs):
+        for k in ("loss", "cls", "ttr", "tok"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
+        # at initialisation all CLS projections nearly coincide, so the coding-rate gradient is a
+        # difference of near-equal vectors: float32 rounding (1e-6) shows up at ~1e-3 in the gradient
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-2)
