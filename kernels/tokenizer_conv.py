@@ -340,9 +340,9 @@ def _launch_meta(x, weight, offsets, patch_len, blocks):
     return B, C, T, K, D, N, T // patch_len, max_r, blocks, common
 
 
-def _forward(x, weight, bias, offs_t, offsets, patch_len, blocks):
+def _forward(x, weight, bias, offs_t, offsets, patch_len, blocks, out_dtype):
     B, C, T, K, D, N, P, _, bl, common = _launch_meta(x, weight, offsets, patch_len, blocks)
-    out = torch.empty(B, N, P, D, device=x.device, dtype=x.dtype)
+    out = torch.empty(B, N, P, D, device=x.device, dtype=out_dtype)
     grid = (triton.cdiv(B * P, bl.rows), triton.cdiv(D, bl.d), N)
     _conv_gelu_mean_fwd_kernel[grid](x, weight, bias, offs_t, out, B * P, C, T, D, N, P, patch_len,
                                      BLOCK_ROWS=bl.rows, BLOCK_D=bl.d, BLOCK_CK=bl.ck, **common)
@@ -378,11 +378,11 @@ class GroupedConvGeluMean(torch.autograd.Function):
     """Autograd wrapper: saves only x, weight, bias (h is recomputed in the backward)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, offsets, patch_len, blocks):
+    def forward(ctx, x, weight, bias, offsets, patch_len, blocks, out_dtype):
         offs_t = _offsets_tensor(offsets, str(x.device))
         ctx.save_for_backward(x, weight, bias)
         ctx.meta = (offsets, patch_len, blocks)
-        return _forward(x, weight, bias, offs_t, offsets, patch_len, blocks)
+        return _forward(x, weight, bias, offs_t, offsets, patch_len, blocks, out_dtype)
 
     @staticmethod
     def backward(ctx, gout):
@@ -391,19 +391,21 @@ class GroupedConvGeluMean(torch.autograd.Function):
         offs_t = _offsets_tensor(offsets, str(x.device))
         gx, gw, gb = _backward(x, weight, bias, offs_t, offsets, patch_len, blocks, gout,
                                ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        return gx, gw, (gb if ctx.needs_input_grad[2] else None), None, None, None
+        return gx, gw, (gb if ctx.needs_input_grad[2] else None), None, None, None, None
 
 
 def grouped_conv_gelu_mean_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                                   offsets: tuple, patch_len: int, *, blocks: ConvBlocks = None) -> torch.Tensor:
     """Same contract as `grouped_conv_gelu_mean_reference`, one fused launch (differentiable).
-    x (B, C, T'), weight (C, K, D), bias (N, D), offsets N+1 ints -> (B, N, P, D) in x's dtype.
-    Under autocast, x and weight run in the autocast dtype (as the reference's matmul would);
-    accumulation and GELU are always fp32. `blocks` overrides the tile sizes (tests, tuning)."""
+    x (B, C, T'), weight (C, K, D), bias (N, D), offsets N+1 ints -> (B, N, P, D), in the dtype the
+    reference returns (x, weight, bias promoted). Under autocast, x and weight go to the tensor cores
+    in the autocast dtype (as the reference's matmul would); accumulation and GELU are always fp32.
+    `blocks` overrides the tile sizes (tests, tuning)."""
     offsets = _check_inputs(x, weight, bias, offsets, patch_len)
+    out_dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), bias.dtype)
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(torch.get_autocast_dtype(x.device.type))
     weight = weight.to(x.dtype)
     with torch.autocast(x.device.type, enabled=False):
         return GroupedConvGeluMean.apply(x.contiguous(), weight.contiguous(), bias.contiguous(),
-                                         offsets, int(patch_len), blocks)
+                                         offsets, int(patch_len), blocks, out_dtype)

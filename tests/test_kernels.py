@@ -96,6 +96,20 @@ def test_conv_bf16_input_on_interpreter():
         torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
 
 
+def test_conv_under_autocast_matches_reference_dtype_and_values():
+    """Autocast: bf16 operands into the dots, fp32 accumulation; the output dtype follows the
+    reference (fp32 here, as its fp32 bias promotes the bf16 matmul). Tolerance: bf16 operands."""
+    (x, w, b), offsets = conv_inputs(2, (3, 6), 8, 4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), kernels.enabled(True):
+        out = grouped_conv_gelu_mean_triton(x, w, b, offsets, 4)
+        ref = grouped_conv_gelu_mean_reference(x, w, b, offsets, 4)
+    assert out.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    g = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(out, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g)):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("args,match", [
     (dict(x=torch.zeros(2, 5)), r"x must be \(B, C, T'\)"),
     (dict(weight=torch.zeros(4, 16, 8)), "weight has 4 ROI rows but x has 5 ROIs"),
