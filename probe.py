@@ -194,8 +194,6 @@ def make_task(name, values, subjects, task_type="auto", bins=None):
         tgt = np.bincount(unit, weights=num, minlength=len(uniq)) / np.bincount(unit, minlength=len(uniq))
         if bins is None:
             return Task(name, kind, tgt, uniq, scan_idx, unit, None, n_missing, notes)
-        if bins < 2:
-            raise ValueError("--bins must be at least 2")
         edges = np.unique(np.quantile(tgt, np.linspace(0, 1, bins + 1)))
         if len(edges) < 3:
             raise ValueError(f"task '{name}' cannot be binned into {bins} quantile classes: too few distinct values")
@@ -523,9 +521,11 @@ def plot_results(results, task, path, title):
     if confusion is not None:
         ax = axes[0, 1]
         cm = np.asarray(confusion)
-        ax.imshow(cm, cmap="Blues")
+        frac = cm / np.maximum(cm.sum(1, keepdims=True), 1)       # per true class: recall on the diagonal
+        ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+            ax.text(j, i, f"{v}\n{100 * frac[i, j]:.0f}%", ha="center", va="center", fontsize=8,
+                    color="white" if frac[i, j] > 0.6 else "black")
         ticks = np.arange(len(task.classes))
         ax.set_xticks(ticks, task.classes, fontsize=8)
         ax.set_yticks(ticks, task.classes, fontsize=8)
@@ -547,20 +547,21 @@ def parse_args(argv=None):
     p.add_argument("--data", help="scans: .npy (S, C, T) or a folder of per-scan .npy/.csv/.tsv files "
                                   "(default: the built-in synthetic probe cohort)")
     p.add_argument("--labels", help="CSV/TSV, one column per task; optional subject/participant_id column")
-    p.add_argument("--layout", default="SCT", choices=["SCT", "STC"], help="axis order of a .npy array")
+    p.add_argument("--layout", default="SCT", choices=["SCT", "STC"], help="axis order of a .npy array (default %(default)s)")
     p.add_argument("--tr", type=float, help="repetition time of the data in s (resampled to 2.0 s)")
     p.add_argument("--subjects", help="text file, one subject id per scan (default: BIDS names of a folder's "
                                       "files, or X_subjects.txt beside X.npy)")
-    p.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"])
+    p.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"],
+                   help="auto: classes when at most 10 distinct integer/string values, else regression (default %(default)s)")
     p.add_argument("--bins", type=int, help="bin a continuous target into this many quantile classes")
-    p.add_argument("--repeats", type=int, default=10, help="random splits, seeds 0..repeats-1")
+    p.add_argument("--repeats", type=int, default=10, help="random splits, seeds 0..repeats-1 (default %(default)s)")
     p.add_argument("--seeds", help="comma-separated split seeds (overrides --repeats)")
-    p.add_argument("--split", default="4:1:8", help="train:val:test ratio over subjects")
-    p.add_argument("--baselines", default="fc,random", help="comma list of fc, random; or none")
-    p.add_argument("--crops", type=int, default=8, help="evenly spaced crops per scan")
-    p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass")
+    p.add_argument("--split", default="4:1:8", help="train:val:test ratio over subjects (default %(default)s)")
+    p.add_argument("--baselines", default="fc,random", help="comma list of fc, random; or none (default %(default)s)")
+    p.add_argument("--crops", type=int, default=8, help="evenly spaced crops per scan (default %(default)s)")
+    p.add_argument("--batch-size", type=int, help="crops per forward pass (default 64 on CPU, 512 on CUDA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--max-iter", type=int, default=1000, help="LogisticRegression iterations")
+    p.add_argument("--max-iter", type=int, default=1000, help="LogisticRegression iterations (default %(default)s)")
     p.add_argument("--cache-dir", help="feature cache (default: <ckpt dir>/.feature_cache)")
     p.add_argument("--no-cache", action="store_true", help="always extract features, write no cache")
     p.add_argument("--out", help="results JSON (default: <ckpt dir>/probe_<task>.json); the PNG goes beside it")
@@ -590,6 +591,10 @@ def _options(args):
         raise ValueError(f"unknown baseline(s) {bad}; choose from fc, random, or none")
     if args.crops < 1:
         raise ValueError("--crops must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    if args.bins is not None and args.bins < 2:
+        raise ValueError("--bins must be at least 2")
     if (args.data is None) != (args.labels is None):
         raise ValueError("--data and --labels go together (leave both out for the synthetic probe cohort)")
     if args.data is None and args.subjects is not None:
@@ -620,7 +625,9 @@ def run(args):
                or data_path.with_name(data_path.stem + "_subjects.txt").exists())
     if scans.n_rois != len(network_map):
         raise ValueError(f"the data have {scans.n_rois} ROIs but the checkpoint's network map has {len(network_map)} "
-                         f"entries; probe data must use the atlas (ROI set and order) the model was pretrained on")
+                         f"entries; probe data must use the atlas (ROI set and order) the model was pretrained on"
+                         + (" (the built-in synthetic cohort has the default 457 ROIs: pass --data and --labels)"
+                            if synthetic else ""))
 
     header, rows = read_labels(labels_path)
     values, subjects, notes = scan_labels(header, rows, args.task, list(scans.subjects), has_ids)
@@ -646,7 +653,8 @@ def run(args):
         return None if cache_dir is None else cache_dir / f"{key}.npy"
 
     def extract(enc, label):
-        return lambda: encoder_features(enc, scans, args.crops, args.batch_size, device, label)
+        batch = args.batch_size or (512 if device.startswith("cuda") else 64)
+        return lambda: encoder_features(enc, scans, args.crops, batch, device, label)
 
     feats = {"teacher": cached(cache_path(model=_file_id(ckpt)), extract(encoder, "teacher features"))}
     if "random" in baselines:
