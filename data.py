@@ -73,7 +73,6 @@ class Scans:
     key: str = ""
     files: list = None
     roi_names: list = None
-    tr: float = TR
     zeroed_rois: int = 0   # (scan, ROI) pairs that were all-NaN and are treated as flat (zeros)
 
     @property
@@ -86,10 +85,6 @@ class Scans:
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
-
-    def name(self, i) -> str:
-        """How error messages and logs refer to scan i."""
-        return f"scan {i} ({self.files[i]})" if self.files else f"scan {i}"
 
     def read(self, idx) -> np.ndarray:
         """Scans `idx` as a float32 (len(idx), C, T) array; sorted reads keep memmap I/O sequential."""
@@ -112,13 +107,16 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
               tr given, every scan is resampled (band-limited, scipy.signal.resample_poly) to
               round(T·tr/2.0) points before anything else. With tr=None the data are ASSUMED to be
               at TR 2.0 s already: pass --tr for any other acquisition (e.g. 0.72 for HCP, 0.735
-              for UK Biobank), or every time scale the model learned is off.
+              for UK Biobank), or every time scale the model learned is off. Resampling a single
+              `.npy` builds the result in RAM (in the file's dtype); a folder is held in RAM as
+              float32 either way.
     n_rois:   expected ROI count (the network map's length); checked when given.
     subjects: one subject id per scan (list, or a text file with one per line). Default: for a
               folder, the BIDS id of each file name (`sub-XXXX_ses-YY_...` -> "XXXX", else the
               file stem); for `X.npy`, the lines of `X_subjects.txt` beside it when present,
               else every scan is its own subject.
 
+    Folder files with header rows must all list the same ROI names in the same order.
     ROIs that are NaN over a scan's whole valid length (no coverage; XCP-D writes n/a) are kept
     and treated as flat (they z-score to 0, like a dropped ROI); any other NaN/inf is an error.
     """
@@ -132,9 +130,9 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
     tr = None if tr is None or float(tr) == TR else float(tr)
 
     if path.is_dir():
-        scans = _load_folder(path, tr)
+        scans = _load_folder(path, tr, n_rois)
     else:
-        scans = _load_array(path, layout, tr)
+        scans = _load_array(path, layout, tr, n_rois)
 
     if subjects is not None:
         scans.subjects = _read_subjects(subjects, len(scans))
@@ -142,8 +140,6 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
         sidecar = path.with_name(path.stem + "_subjects.txt")
         scans.subjects = (_read_subjects(sidecar, len(scans)) if sidecar.exists()
                           else [f"scan{i:05d}" for i in range(len(scans))])
-    if n_rois is not None and scans.n_rois != int(n_rois):
-        raise ValueError(f"data have {scans.n_rois} ROIs but the network map has {int(n_rois)} entries")
     if scans.zeroed_rois:
         log.warning("%d (scan, ROI) time series are NaN over the whole scan (no coverage); "
                     "they are treated as flat (zeros after z-scoring)", scans.zeroed_rois)
@@ -171,7 +167,12 @@ def _file_key(paths, *extra):
     return h.hexdigest()[:16]
 
 
-def _load_array(path, layout, tr):
+def _check_n_rois(C, n_rois):
+    if n_rois is not None and C != int(n_rois):
+        raise ValueError(f"data have {C} ROIs but the network map has {int(n_rois)} entries")
+
+
+def _load_array(path, layout, tr, n_rois):
     if path.suffix != ".npy":
         raise ValueError(f"{path}: expected an .npy file (S, C, T) or a folder of per-scan files")
     try:
@@ -184,12 +185,13 @@ def _load_array(path, layout, tr):
     if arr.dtype not in (np.float16, np.float32, np.float64):
         raise ValueError(f"{path}: expected float16/float32 values, got dtype {arr.dtype}")
     data = arr.transpose(0, 2, 1) if layout == "STC" else arr   # a strided view: nothing is read
+    _check_n_rois(data.shape[1], n_rois)
     lengths, zeroed = _check_scans(data, names=None)
     if tr is not None:
         data, lengths = _resample_array(data, lengths, tr)
         _check_lengths(lengths, None, resampled=True)
     return Scans(data=data, lengths=lengths, subjects=[], source=str(path.resolve()),
-                 key=_file_key([path], layout, tr), tr=TR, zeroed_rois=zeroed)
+                 key=_file_key([path], layout, tr), zeroed_rois=zeroed)
 
 
 def _bids_subject(stem):
@@ -201,9 +203,7 @@ def _read_table(path):
     """A (T, C) float32 array and the header's ROI names (or None) from one .csv/.tsv file."""
     text = path.read_text()
     delim = "\t" if path.suffix == ".tsv" else ","
-    lines = text.splitlines()
-    if not lines:
-        raise ValueError(f"{path.name}: empty file")
+    lines = text.splitlines() or [""]
     first = [f.strip().strip('"') for f in lines[0].split(delim)]
 
     def numeric(f):
@@ -218,9 +218,11 @@ def _read_table(path):
     names = None
     if not all(numeric(f) for f in first):
         names, lines = first, lines[1:]
+    if not any(line.strip() for line in lines):
+        raise ValueError(f"{path.name}: no time points")
     body = "\n".join(lines)
-    for tok in ("n/a", "N/A", "NA"):   # missing-value spellings numpy does not parse
-        body = re.sub(rf"(?<![^{re.escape(delim)}\n]){re.escape(tok)}(?![^{re.escape(delim)}\n])", "nan", body)
+    # missing-value spellings numpy does not parse (BIDS writes n/a), as whole fields only
+    body = re.sub(rf"(?<![^{delim}\n])(?:n/a|na)(?![^{delim}\n])", "nan", body, flags=re.IGNORECASE)
     try:
         x = np.loadtxt(io.StringIO(body), delimiter=delim, dtype=np.float32, ndmin=2)
     except ValueError as e:
@@ -231,12 +233,12 @@ def _read_table(path):
     return x, names
 
 
-def _load_folder(folder, tr):
+def _load_folder(folder, tr, n_expected):
     files = sorted(p for p in folder.iterdir()
                    if p.is_file() and p.suffix in FILE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise ValueError(f"{folder}: folder contains no {'/'.join(FILE_SUFFIXES)} files")
-    series, roi_names, n_rois = [], None, None
+    series, roi_names, n_rois, zeroed = [], None, None, 0
     progress = _Progress(len(files), "loading scans")
     for i, f in enumerate(files):
         if f.suffix == ".npy":
@@ -249,14 +251,24 @@ def _load_folder(folder, tr):
                 raise ValueError(f"{f.name}: expected a 2-D array (time, ROIs) per file, got shape {x.shape}")
         else:
             x, names = _read_table(f)
+        if x.size == 0:
+            raise ValueError(f"{f.name}: no time points")
         if n_rois is None:
             n_rois, first_file = x.shape[1], f.name
+            _check_n_rois(n_rois, n_expected)
         elif x.shape[1] != n_rois:
             raise ValueError(f"{f.name}: has {x.shape[1]} ROIs (columns) but {first_file} has {n_rois}; "
                              "all files must share one atlas, stored time × ROIs (time in rows)")
-        roi_names = roi_names or names
+        if names is not None:   # a header is the only guard against files with different ROI orders
+            if roi_names is None:
+                roi_names, names_file = names, f.name
+            elif names != roi_names:
+                c = next(i for i, (a, b) in enumerate(zip(names, roi_names)) if a != b)
+                raise ValueError(f"{f.name}: header ROI names differ from {names_file}'s (column {c}: "
+                                 f"{names[c]!r} vs {roi_names[c]!r}); all files must list ROIs in one order")
         x = np.ascontiguousarray(x.T, dtype=np.float32)   # (C, T)
-        lengths, _ = _check_scans(x[None], names=[f.name])
+        lengths, z = _check_scans(x[None], names=[f.name])
+        zeroed += z
         x = x[:, :lengths[0]]
         if tr is not None:
             x = _resample(x, tr)
@@ -267,10 +279,10 @@ def _load_folder(folder, tr):
     data = np.full((len(series), n_rois, lengths.max()), np.nan, dtype=np.float32)   # (S, C, T)
     for i, x in enumerate(series):
         data[i, :, :x.shape[1]] = x
-    zeroed = int((np.isnan(data[:, :, 0]) & ~np.isnan(data[:, :1, 0])).sum())
+        series[i] = None   # keep the peak at one copy
     return Scans(data=data, lengths=lengths, subjects=[_bids_subject(f.stem) for f in files],
                  source=str(folder.resolve()), key=_file_key(files, tr), files=[f.name for f in files],
-                 roi_names=roi_names, tr=TR, zeroed_rois=zeroed)
+                 roi_names=roi_names, zeroed_rois=zeroed)
 
 
 def _check_scans(data, names):
@@ -287,7 +299,8 @@ def _check_scans(data, names):
         first = nan[:, 0, :]                                               # (b, T) ROI 0 defines length
         n = np.where(first.any(1), first.argmax(1), T)                    # (b,)
         valid = np.arange(T)[None, :] < n[:, None]                         # (b, T)
-        for j in np.flatnonzero(n == 0):
+        if (n == 0).any():
+            j = np.flatnonzero(n == 0)[0]
             raise ValueError(f"{_name(s0 + j, names)} is all NaN: no valid time points (the valid length "
                              "is the index of the first NaN in the scan's first ROI)")
         gap = ~first & ~valid                                              # values after the padding began
@@ -323,7 +336,8 @@ def _check_lengths(lengths, names, resampled=False):
 
 
 def _name(i, names):
-    return f"scan {i} ({names[i] if len(names) > 1 else names[0]})" if names else f"scan {i}"
+    """How messages refer to a scan: its index in an array, or its file (checked one at a time)."""
+    return names[0] if names else f"scan {i}"
 
 
 def _resample(x, tr):
@@ -343,10 +357,12 @@ def _resample(x, tr):
 
 
 def _resample_array(data, lengths, tr):
-    """Resample every scan of (S, C, T) data; scans of equal length go through scipy together."""
+    """Resample every scan of (S, C, T) data into RAM, in the file's dtype (a float16 file stays
+    float16: half the memory, no precision lost that the file had); scans of equal length go through
+    scipy together."""
     S, C, _ = data.shape
     new_len = np.rint(lengths * tr / TR).astype(np.int64)
-    out = np.full((S, C, max(1, new_len.max())), np.nan, dtype=np.float32)   # (S, C, T_new)
+    out = np.full((S, C, max(1, new_len.max())), np.nan, dtype=data.dtype)   # (S, C, T_new)
     progress = _Progress(S, "resampling to TR 2.0 s")
     done = 0
     for n in np.unique(lengths):

@@ -340,6 +340,10 @@ def test_nan_in_the_middle(tmp_path):
 def test_roi_count_differs_from_network_map(tmp_path):
     with pytest.raises(ValueError, match="data have 6 ROIs but the network map has 457 entries"):
         data.load_scans(save(tmp_path, padded([30])), n_rois=457)
+    (tmp_path / "f").mkdir()
+    np.savetxt(tmp_path / "f" / "sub-01.tsv", np.ones((30, 400)), delimiter="\t")
+    with pytest.raises(ValueError, match="data have 400 ROIs but the network map has 457 entries"):
+        data.load_scans(tmp_path / "f", n_rois=457)
 
 
 def test_folder_errors(tmp_path):
@@ -367,10 +371,13 @@ def test_folder_errors(tmp_path):
     k.mkdir()
     np.savetxt(k / "sub-01_run-1.tsv", np.r_[np.ones((25, 3)), np.full((1, 3), np.nan), np.ones((5, 3))],
                delimiter="\t")
-    with pytest.raises(ValueError, match=r"scan 0 \(sub-01_run-1.tsv\): NaN in the middle"):
+    with pytest.raises(ValueError, match=r"sub-01_run-1.tsv: NaN in the middle"):
         data.load_scans(k)
     np.savetxt(k / "sub-01_run-1.tsv", np.ones((10, 3)), delimiter="\t")
-    with pytest.raises(ValueError, match=r"sub-01_run-1.tsv\) has 10 valid time points, fewer than one patch"):
+    with pytest.raises(ValueError, match=r"sub-01_run-1.tsv has 10 valid time points, fewer than one patch"):
+        data.load_scans(k)
+    (k / "sub-01_run-1.tsv").write_text("roi_a\troi_b\n")
+    with pytest.raises(ValueError, match="sub-01_run-1.tsv: no time points"):
         data.load_scans(k)
 
 
@@ -384,3 +391,18 @@ def test_sampler_errors(tmp_path):
         tb.load_state_dict(other.state_dict())
     with pytest.raises(ValueError, match="got 3 subject ids for 4 scans"):
         data.load_scans(save(tmp_path, padded([30] * 4)), subjects=["a", "b", "c"])
+
+
+def test_folder_header_order_must_agree_and_progress_is_shown(tmp_path, capsys):
+    (tmp_path / "sub-01.csv").write_text("a,b\n" + "1,2\n" * 25)
+    (tmp_path / "sub-02.csv").write_text("a,c\n" + "1,2\n" * 25)
+    with pytest.raises(ValueError, match=r"sub-02.csv: header ROI names differ from sub-01.csv's \(column 1: 'c' vs 'b'\)"):
+        data.load_scans(tmp_path)
+    big = tmp_path / "big"
+    big.mkdir()
+    x = np.random.default_rng(0).normal(size=(25, 3)).astype(np.float32)
+    for i in range(200):
+        np.save(big / f"sub-{i:03d}_bold.npy", x)
+    sc = data.load_scans(big)
+    assert len(sc) == 200 and sc.n_subjects == 200 and sc.subjects[7] == "007"
+    assert "loading scans: 200/200 (100%" in capsys.readouterr().err
