@@ -69,6 +69,7 @@ import functools  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+
 @triton.jit
 def _gelu_erf(h):
     return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))          # 1/sqrt(2)
@@ -265,7 +266,7 @@ class ConvBlocks:
     rows: int = 64       # BLOCK_ROWS of the forward: (b, p) rows per program (tl.dot M)
     rows_b: int = 32     # BLOCK_ROWS of the three backward kernels (more live tiles there)
     d: int = 128         # BLOCK_D: output channels per program / per reduction step of grad_x
-    ck: int = 32         # BLOCK_CK: (ROI, tap) pairs per reduction step (forward), per program (grad_weight)
+    ck: int = 32         # BLOCK_CK: (ROI, tap) pairs per reduction step of the forward and of gh
     ck_w: int = 128      # BLOCK_CK of grad_weight: each program re-reads gh once, so this tile is large
     r: int = 32          # BLOCK_R: ROIs per grad_x program
     num_warps: int = 8
@@ -275,13 +276,12 @@ def _pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
-def default_blocks(x: torch.Tensor, D: int, K: int, max_r: int) -> ConvBlocks:
+def default_blocks(on_cuda: bool, BP: int, D: int, K: int, max_r: int) -> ConvBlocks:
     """GPU defaults on CUDA; few, large programs under the CPU interpreter."""
-    if x.is_cuda:
+    if on_cuda:
         return ConvBlocks()
-    B, _, T = x.shape
     ck = _pow2(max_r * K, 16, 2048)                                  # one chunk per network
-    rows = _pow2(B * T, 16, 128)
+    rows = _pow2(BP, 16, 128)
     return ConvBlocks(rows=rows, rows_b=rows, d=_pow2(D, 16, 256), ck=ck, ck_w=ck, r=_pow2(max_r, 16, 128),
                       num_warps=4)
 
@@ -334,7 +334,7 @@ def _launch_meta(x, weight, offsets, patch_len, blocks):
     K, D = weight.shape[1], weight.shape[2]
     N = len(offsets) - 1
     max_r = max(b - a for a, b in zip(offsets, offsets[1:]))
-    blocks = blocks or default_blocks(x, D, K, max_r)
+    blocks = blocks or default_blocks(x.is_cuda, B * (T // patch_len), D, K, max_r)
     dot_dtype, precision = _dot_config(x.dtype, x.device)
     common = dict(K=K, PAD_L=(K - 1) // 2, DOT_DTYPE=dot_dtype, PRECISION=precision, num_warps=blocks.num_warps)
     return B, C, T, K, D, N, T // patch_len, max_r, blocks, common
