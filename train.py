@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
@@ -222,7 +223,9 @@ def _gather(z):
     gradients of every process's (identical) global loss, DDP then averages -> single-process result."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z
-    return torch.cat(torch.distributed.nn.functional.all_gather(z))
+    with warnings.catch_warnings():  # deprecated in favour of a private API; the public one is kept on purpose
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(torch.distributed.nn.functional.all_gather(z))
 
 
 def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, amp=False):
@@ -589,11 +592,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
                         format="%(message)s")
+    cfg = resolve_config(vars(args))
     try:
-        train(resolve_config(vars(args)), given=tuple(vars(args)))
+        train(cfg, given=tuple(vars(args)))
     except (ValueError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2 if isinstance(e, ValueError) else 3)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue from the last checkpoint with  python train.py --out {cfg.out} --resume",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
