@@ -9,6 +9,7 @@ Triton kernel:
 One line per case: median time (CUDA events), peak memory, speed-up of Triton over each reference.
 
     python bench/kernels.py [--dtype fp32|bf16] [--tf32] [--iters 20] [--no-compile]
+                            [--only conv|mcr] [--conv-blocks rows=128,d=128]   # tile experiments
     python bench/kernels.py --compile-check [--dtype bf16]   # no GPU needed: compile for sm_90
 
 Without CUDA it says so and exits 0 (the CPU interpreter is far too slow to time).
@@ -65,10 +66,10 @@ def run_case(name, impls, iters):
     parts = [f"{label} {ms:8.3f} ms {mb:7.0f} MiB" for label, (ms, mb) in res.items()]
     if "triton" in res:
         parts += [f"x{res[label][0] / res['triton'][0]:.2f} vs {label}" for label in res if label != "triton"]
-    print(f"{name:34s} | " + " | ".join(parts), flush=True)
+    print(f"{name:56s} | " + " | ".join(parts), flush=True)
 
 
-def bench_conv(dtype, iters, compile_ref):
+def bench_conv(dtype, iters, compile_ref, blocks=None):
     from kernels.tokenizer_conv import grouped_conv_gelu_mean_reference, grouped_conv_gelu_mean_triton
     counts = network_counts()
     B, C, T, L, K, D = 1024, sum(counts), 100, 20, 16, 768
@@ -80,7 +81,7 @@ def bench_conv(dtype, iters, compile_ref):
     fns = {"ref": grouped_conv_gelu_mean_reference}
     if compile_ref:
         fns["compiled"] = torch.compile(grouped_conv_gelu_mean_reference)
-    fns["triton"] = grouped_conv_gelu_mean_triton
+    fns["triton"] = lambda *a: grouped_conv_gelu_mean_triton(*a, blocks=blocks)
     shape = f"B={B} C={C} T'={T} L={L} K={K} D={D} N={len(counts)}"
 
     def fwd(f):
@@ -179,6 +180,8 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
     ap.add_argument("--only", choices=("conv", "mcr"), help="run one kernel's cases")
+    ap.add_argument("--conv-blocks", default="", metavar="rows=128,d=128",
+                    help="override tokenizer-conv tiles (fields of kernels.tokenizer_conv.ConvBlocks)")
     ap.add_argument("--compile-check", action="store_true", help="compile all kernels for sm_90 and exit")
     args = ap.parse_args()
     if args.compile_check:
@@ -192,7 +195,10 @@ def main():
     print(f"{torch.cuda.get_device_name()} | dtype {args.dtype} | tf32 {args.tf32} | median of {args.iters}")
     torch.manual_seed(0)
     if args.only in (None, "conv"):
-        bench_conv(dtype, args.iters, not args.no_compile)
+        from kernels.tokenizer_conv import ConvBlocks
+        blocks = ConvBlocks(**{k: int(v) for k, v in (kv.split("=") for kv in args.conv_blocks.split(",") if kv)})
+        print(f"tokenizer-conv tiles: {blocks}")
+        bench_conv(dtype, args.iters, not args.no_compile, blocks)
     if args.only in (None, "mcr"):
         bench_mcr(dtype, args.iters, not args.no_compile)
 
