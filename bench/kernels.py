@@ -160,8 +160,8 @@ def compile_check(dtype=None):
             (cr._mcr_stats_kernel, dict(s1_ptr=P, t1_ptr=P, s2_ptr=P, t2_ptr=P, gram_ptr="*fp32", cos_ptr="*fp32",
                                         m="i32", p="i32", rows_per_split="i32", n_tiles="i32", cos_eps="fp32"),
              dict(BLOCK_M=mcr.rows, BLOCK_P=mcr.p, PRECISION=prec), mcr.num_warps),
-            (cr._mcr_grad_kernel, dict(s_ptr=P, t_ptr=P, tu_ptr=P, minv_ptr="*fp32", gs_ptr=P, m="i32", p="i32",
-                                       w_expa="fp32", w_cos="fp32", cos_eps="fp32"),
+            (cr._mcr_grad_kernel, dict(s_ptr=P, t_ptr=P, tu_ptr=P, minv_ptr="*fp32", gs_ptr=P, w_ptr="*fp32",
+                                       m="i32", p="i32", cos_eps="fp32"),
              dict(BLOCK_M=mcr.rows, BLOCK_P=mcr.p, PRECISION=prec), mcr.num_warps),
         ]
         for fn, sig, consts, warps in cases:
