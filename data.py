@@ -404,25 +404,26 @@ def zscore(x, lengths, eps=EPS) -> torch.Tensor:
 
     x (B, C, T) float tensor/array (NaN padding allowed), lengths (B,) -> float32 (B, C, T), zero
     beyond the valid length and for all-NaN ROIs. Population std, guarded by eps."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:   # a memmap: torch wants a writable buffer
+        x = np.array(x)
     x = torch.as_tensor(x)
     lengths = torch.as_tensor(lengths, device=x.device)
     T = x.shape[-1]
     valid = (torch.arange(T, device=x.device) < lengths[:, None])[:, None, :]   # (B, 1, T)
-    x = torch.where(valid & ~torch.isnan(x), x.float(), 0.0)                    # (B, C, T)
     # Subtract the first sample before the moments: removes the DC offset (often 1e2-1e4 in raw BOLD)
-    # so float32 sums stay exact enough, and a constant ROI becomes exactly 0 instead of noise/eps.
-    x = torch.where(valid, x - x[:, :, :1], 0.0)
-    n = lengths.clamp(min=1).float()[:, None, None]                              # (B, 1, 1)
-    mean = x.sum(-1, keepdim=True) / n
-    xc = torch.where(valid, x - mean, 0.0)
-    std = (xc.square().sum(-1, keepdim=True) / n).sqrt()
-    return xc / (std + eps)
+    # so float32 sums stay exact enough, and a flat ROI becomes exactly 0 instead of noise/eps.
+    # NaN (padding, uncovered ROIs) -> 0, then padding -> 0: few full passes, this runs on whole datasets.
+    x = torch.nan_to_num_(x.float() - x[:, :, :1].float(), nan=0.0).mul_(valid)   # (B, C, T)
+    n = lengths.clamp(min=1).float()[:, None, None]                                # (B, 1, 1)
+    xc = (x - x.sum(-1, keepdim=True) / n).mul_(valid)
+    std = torch.linalg.vector_norm(xc, dim=-1, keepdim=True) / n.sqrt()
+    return xc.div_(std + eps)
 
 
 def augment(x, generator=None) -> torch.Tensor:
     """The four SPEC §1 augmentations, drawn independently per sample (crop).
 
-    x (B, C, T') float -> (B, C, T') float32: zero k = max(1, ⌊C·U(0,0.1)⌋) random ROIs; zero a
+    x (B, C, T') -> (B, C, T') float32: zero k = max(1, ⌊C·U(0,0.1)⌋) random ROIs; zero a
     contiguous run of max(1, ⌊T'·U(0,0.3)⌋) time points at a uniform start; multiply by
     U(0.8, 1.2); add N(0, 0.1²) noise. All draws come from `generator` (on x's device)."""
     B, C, T = x.shape
@@ -436,17 +437,18 @@ def augment(x, generator=None) -> torch.Tensor:
     t = torch.arange(T, device=x.device)
     keep_t = (t < s[:, None]) | (t >= (s + n)[:, None])                          # (B, T')
     scale = 0.8 + 0.4 * torch.rand(B, **kw)                                       # (B,)
-    keep = keep_roi[:, :, None] & keep_t[:, None, :]                              # (B, C, T')
-    x = torch.where(keep, x.float(), 0.0) * scale[:, None, None]
-    return x + 0.1 * torch.randn(B, C, T, **kw)
+    # ROI drop and scale fold into one (B, C) factor: three full passes over x, the noise included
+    x = x * (keep_roi * scale[:, None])[:, :, None]                              # (B, C, T') float32
+    x.mul_(keep_t[:, None, :])
+    return x.add_(torch.randn(B, C, T, **kw), alpha=0.1)
 
 
 def _gather_crops(src, rows, starts, crop_len):
-    """src (R, C, T) with T >= starts + crop_len; rows (M,), starts (M,) -> (M, C, T') by indexing."""
-    C = src.shape[1]
-    t = starts[:, None] + torch.arange(crop_len, device=src.device)             # (M, T')
-    c = torch.arange(C, device=src.device)
-    return src[rows[:, None, None], c[None, :, None], t[:, None, :]]             # (M, C, T')
+    """src (R, C, T) with T >= starts + crop_len; rows (M,), starts (M,) -> (M, C, T').
+
+    Indexing a sliding-window view copies each crop as C contiguous runs of T' (3x faster on CPU
+    than indexing time points one by one)."""
+    return src.unfold(2, crop_len, 1)[rows, :, starts]                           # (M, C, T')
 
 
 def _pad_time(x, crop_len):
@@ -549,8 +551,8 @@ class TrainBatches:
         if self.resident:
             self._data = torch.zeros(S, C, Tp, dtype=torch.float16, device=dev)   # (S, C, T) z-scored
             step = max(1, (64 << 20) // (C * T * 4))
-            for s0 in range(0, S, step):
-                x = torch.from_numpy(scans.read(np.arange(s0, min(S, s0 + step)))).to(dev)
+            for s0 in range(0, S, step):   # raw dtype over the bus; the float32 work happens on the device
+                x = torch.from_numpy(np.array(scans.data[s0:s0 + step])).to(dev)   # (b, C, T)
                 self._data[s0:s0 + len(x), :, :T] = zscore(x, self.lengths[s0:s0 + len(x)]).half()
         log.info("training data: %d scans of %d subjects, %s", S, self.n_subjects,
                  f"z-scored once and kept on {dev} as float16 ({need / 2**30:.2f} GiB)" if self.resident
@@ -589,9 +591,8 @@ class TrainBatches:
             x = torch.from_numpy(self.scans.read(scan.cpu().numpy())).to(dev)   # (B, C, T)
             src = _pad_time(zscore(x, self.lengths[scan]), Tc)
             rows = torch.arange(B, device=dev).repeat(2)
-        x = _gather_crops(src, rows, starts, Tc).float()                          # (2B, C, T')
-        if self.augment:
-            x = augment(x, g)
+        x = _gather_crops(src, rows, starts, Tc)                                  # (2B, C, T')
+        x = augment(x, g) if self.augment else x.float()
         self.last_scans = scan
 
         self.step += 1
