@@ -149,10 +149,12 @@ def mcr_parity(m, p, blocks=None, unit=True, tol=FP32, device="cpu", dtype=torch
     w = torch.randn(3, device=device)             # shared upstream weights of (loss, comp, expa)
     g_got = torch.autograd.grad(sum(wi * o for wi, o in zip(w, got)), s)
     g_want = torch.autograd.grad(sum(wi * o for wi, o in zip(w, want)), s)
+    # both sides compute fp32 gradients and round them to the input dtype: bf16 may differ by 1 ulp (2^-8)
+    gtol = tol if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     for a, b in zip(g_got, g_want):
         assert a.dtype == b.dtype
         # gradient entries are O(1/m); compare relative to the largest
-        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=gtol["rtol"], atol=gtol["atol"] * b.abs().max().item())
 
 
 @pytest.mark.parametrize("m,p,blocks,unit", [
