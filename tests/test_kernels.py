@@ -64,6 +64,12 @@ def test_conv_matches_reference(B, counts, T, L, K, D, blocks):
     conv_parity(B, counts, T, L, K, D, blocks)
 
 
+def test_conv_gpu_tiles_on_interpreter():
+    """The exact GPU tiling (ConvBlocks defaults: several row, D, (ROI, tap) and ROI tiles here)
+    computes the right thing; only the compiler is left between this and the GPU."""
+    conv_parity(13, (40, 7, 3), 10, 5, 16, 130, ConvBlocks())
+
+
 def test_conv_matches_reference_paper_network_map():
     """All nine SPEC networks (7 to 91 ROIs, several (ROI, tap) chunks each) in one launch."""
     conv_parity(1, PAPER_COUNTS, 5, 5, 16, 16)
@@ -165,6 +171,11 @@ def mcr_parity(m, p, blocks=None, unit=True, tol=FP32, device="cpu", dtype=torch
 ])
 def test_mcr_matches_reference(m, p, blocks, unit):
     mcr_parity(m, p, blocks, unit)
+
+
+def test_mcr_gpu_tiles_on_interpreter():
+    """McrBlocks defaults (64x64 Gram tiles, 256-row splits) with 2 splits and a 2x2 tile grid."""
+    mcr_parity(300, 128, McrBlocks())
 
 
 def test_mcr_tiny_rows_follow_cosine_similarity_eps():
