@@ -22,6 +22,7 @@ in its first ROI). Everything downstream sees scans only through this module:
     python data.py path/to/data   # load a dataset and print what was found
 """
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -86,11 +87,12 @@ class Scans:
     def __len__(self) -> int:
         return int(self.data.shape[0])
 
-    def read(self, idx) -> np.ndarray:
-        """Scans `idx` as a float32 (len(idx), C, T) array; sorted reads keep memmap I/O sequential."""
+    def read(self, idx, dtype=np.float32) -> np.ndarray:
+        """Scans `idx` as a (len(idx), C, T) array (dtype None: the stored one, e.g. float16 to halve a
+        host-to-device copy); sorted reads keep memmap I/O sequential."""
         idx = np.asarray(idx, dtype=np.int64)
         order = np.argsort(idx, kind="stable")
-        out = np.empty((len(idx),) + self.data.shape[1:], dtype=np.float32)
+        out = np.empty((len(idx),) + self.data.shape[1:], dtype=dtype or self.data.dtype)
         out[order] = self.data[idx[order]]
         return out
 
@@ -378,21 +380,23 @@ def _resample_array(data, lengths, tr):
 
 
 class _Progress:
-    """A one-line stderr progress counter with ETA, only for jobs big enough to wait on."""
+    """A stderr progress counter with ETA, only for jobs big enough to wait on: one rewritten line
+    on a terminal, a line every 5 s in a log file."""
 
     def __init__(self, total, what, min_total=200):
         self.total, self.what, self.t0, self.last = total, what, time.time(), 0.0
         self.on = total >= min_total
+        self.tty = sys.stderr.isatty()
 
     def update(self, done):
         now = time.time()
-        if not self.on or (now - self.last < 0.5 and done < self.total):
+        if not self.on or (now - self.last < (0.5 if self.tty else 5.0) and done < self.total):
             return
         self.last = now
         eta = (now - self.t0) / done * (self.total - done)
-        end = "\n" if done >= self.total else ""
-        sys.stderr.write(f"\r{self.what}: {done}/{self.total} ({100 * done / self.total:.0f}%, "
-                         f"ETA {eta:.0f} s)   {end}")
+        start, end = ("\r", "\n" if done >= self.total else "") if self.tty else ("", "\n")
+        sys.stderr.write(f"{start}{self.what}: {done}/{self.total} "
+                         f"({100 * done / self.total:.0f}%, ETA {eta:.0f} s)   {end}")
         sys.stderr.flush()
 
 
@@ -469,7 +473,7 @@ def probe_crops(scans, idx=None, crop_len=CROP_LEN, n_crops=N_PROBE_CROPS, devic
     memory (each scan costs n_crops·C·T'·4 bytes, 1.5 MB at the defaults)."""
     idx = np.arange(len(scans)) if idx is None else np.asarray(idx, dtype=np.int64).reshape(-1)
     lengths = torch.as_tensor(scans.lengths[idx], device=device)
-    z = _pad_time(zscore(torch.from_numpy(scans.read(idx)).to(device), lengths), crop_len)  # (b, C, T)
+    z = _pad_time(zscore(torch.from_numpy(scans.read(idx, None)).to(device), lengths), crop_len)  # (b, C, T)
     starts = torch.as_tensor(crop_starts(scans.lengths[idx], crop_len, n_crops), device=device)
     b = len(idx)
     rows = torch.arange(b, device=device).repeat_interleave(n_crops)             # (b·n,)
@@ -588,7 +592,7 @@ class TrainBatches:
         if self.resident:
             src, rows = self._data, scan.repeat(2)
         else:
-            x = torch.from_numpy(self.scans.read(scan.cpu().numpy())).to(dev)   # (B, C, T)
+            x = torch.from_numpy(self.scans.read(scan.cpu().numpy(), None)).to(dev)   # (B, C, T)
             src = _pad_time(zscore(x, self.lengths[scan]), Tc)
             rows = torch.arange(B, device=dev).repeat(2)
         x = _gather_crops(src, rows, starts, Tc)                                  # (2B, C, T')
@@ -710,10 +714,13 @@ def make_synthetic_cohort(out_dir, n_pretrain_subjects=200, scans_per_subject=2,
     and each label l (sz, mdd, asd, sex as ±½, age standardised) changing two specific
     between-network couplings E_l. ROI series = loading × its network's latent + ROI noise
     (ROI-level SNR ≈ 1/noise_std² ≈ 0.25), HRF-convolved, with random per-ROI DC offsets and
-    per-scan scales. Scan lengths are uniform in length_range, NaN-padded to the longest.
-    Pretraining and probe subjects are disjoint ("preXXXX" vs "probeXXXX"). Labels are independent
-    Bernoulli(½) (age uniform 20-80 years); effects are weak on purpose: FC + logistic regression
-    is clearly above chance but far from perfect.
+    per-scan scales. A VAR whose spectral radius exceeds 0.95 is scaled back to 0.95. Scan lengths
+    are uniform in length_range, NaN-padded to the longest. Pretraining and probe subjects are
+    disjoint ("preXXXX" vs "probeXXXX") draws from one population (pretraining labels are not
+    written). Labels are independent Bernoulli(½) (age uniform 20-80 years); effects are weak on
+    purpose: at the defaults, Fisher-z FC + logistic regression trained on 5/13 of the probe
+    cohort reaches balanced accuracy ≈ 0.68-0.77 (sz, mdd, asd, sex), far from perfect.
+    Defaults take ~6 s on a laptop CPU and ~190 MB on disk.
     """
     if network_map is None:
         from networks import default_network_map
@@ -807,8 +814,10 @@ def ensure_synthetic_cohort(directory=None, **kwargs) -> Path:
     kwargs go to make_synthetic_cohort; the cohort is regenerated when files are missing, corrupt,
     or were made with other parameters. Files are built in a temporary folder and moved into place,
     so concurrent callers never read a half-written cohort."""
+    if "network_map" in kwargs:
+        raise TypeError("ensure_synthetic_cohort uses the default network map; call make_synthetic_cohort "
+                        "for another one")
     d = Path(directory) if directory is not None else default_synthetic_dir()
-    import inspect
     defaults = {k: p.default for k, p in inspect.signature(make_synthetic_cohort).parameters.items()
                 if k not in ("out_dir", "network_map")}
     expect = {**defaults, **kwargs, "version": SYNTH_VERSION}
