@@ -191,6 +191,8 @@ def _check_views(student_views, teacher_views):
     shape = views[0].shape
     if len(shape) != 2 or any(v.shape != shape for v in views):
         raise ValueError(f"all views must share one (m, p) shape, got {[tuple(v.shape) for v in views]}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"mcr_loss needs at least one row and one column, got views of shape {tuple(shape)}")
     if len({v.device for v in views}) != 1:
         raise ValueError("student and teacher views are on different devices")
 

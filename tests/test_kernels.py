@@ -203,6 +203,7 @@ def test_mcr_teacher_gets_no_grad():
     ([torch.zeros(4, 8)], [torch.zeros(4, 8)] * 2, "2 student and 2 teacher views"),
     ([torch.zeros(4, 8)] * 2, [torch.zeros(4, 8), torch.zeros(5, 8)], "one \\(m, p\\) shape"),
     ([torch.zeros(4, 8, 1)] * 2, [torch.zeros(4, 8, 1)] * 2, "one \\(m, p\\) shape"),
+    ([torch.zeros(0, 8)] * 2, [torch.zeros(0, 8)] * 2, "at least one row"),
 ])
 def test_mcr_bad_views_raise(student, teacher, match):
     with pytest.raises(ValueError, match=match):
