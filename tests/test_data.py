@@ -396,7 +396,7 @@ def test_sampler_errors(tmp_path):
 def test_folder_header_order_must_agree_and_progress_is_shown(tmp_path, capsys):
     (tmp_path / "sub-01.csv").write_text("a,b\n" + "1,2\n" * 25)
     (tmp_path / "sub-02.csv").write_text("a,c\n" + "1,2\n" * 25)
-    with pytest.raises(ValueError, match=r"sub-02.csv: header ROI names differ from sub-01.csv's \(column 1: 'c' vs 'b'\)"):
+    with pytest.raises(ValueError, match=r"sub-02.csv: header ROI names differ from sub-01.csv's \(column 1: 'c'"):
         data.load_scans(tmp_path)
     big = tmp_path / "big"
     big.mkdir()
