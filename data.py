@@ -295,8 +295,9 @@ def _check_scans(data, names):
     lengths = np.empty(S, dtype=np.int64)
     zeroed = 0
     step = max(1, (64 << 20) // max(1, C * T * 4))
+    progress = _Progress(S, "checking scans", min_total=math.inf)
     for s0 in range(0, S, step):
-        x = np.asarray(data[s0:s0 + step], dtype=np.float32)              # (b, C, T)
+        x = np.asarray(data[s0:s0 + step])                                 # (b, C, T) stored dtype
         nan = np.isnan(x)
         first = nan[:, 0, :]                                               # (b, T) ROI 0 defines length
         n = np.where(first.any(1), first.argmax(1), T)                    # (b,)
@@ -324,6 +325,7 @@ def _check_scans(data, names):
             raise ValueError(f"{_name(s0 + j, names)}: infinite value at ROI {c}, time {t}")
         zeroed += int(whole.sum())
         lengths[s0:s0 + len(x)] = n
+        progress.update(s0 + len(x))
     _check_lengths(lengths, names)
     return lengths, zeroed
 
@@ -380,8 +382,8 @@ def _resample_array(data, lengths, tr):
 
 
 class _Progress:
-    """A stderr progress counter with ETA, only for jobs big enough to wait on: one rewritten line
-    on a terminal, a line every 5 s in a log file."""
+    """A stderr progress counter with ETA for jobs worth waiting on (at least `min_total` items, or
+    running for more than 2 s): one rewritten line on a terminal, a line every 5 s in a log file."""
 
     def __init__(self, total, what, min_total=200):
         self.total, self.what, self.t0, self.last = total, what, time.time(), 0.0
@@ -390,6 +392,7 @@ class _Progress:
 
     def update(self, done):
         now = time.time()
+        self.on = self.on or now - self.t0 > 2.0
         if not self.on or (now - self.last < (0.5 if self.tty else 5.0) and done < self.total):
             return
         self.last = now
