@@ -274,3 +274,13 @@ def test_row_space_fit_is_exact():
     full = LogisticRegression(C=0.1, tol=1e-10, max_iter=5000).fit(x_tr, y).decision_function(x_te)
     small = LogisticRegression(C=0.1, tol=1e-10, max_iter=5000).fit(z_tr, y).decision_function(z_te)
     np.testing.assert_allclose(small, full, rtol=1e-3, atol=1e-4)
+
+
+def test_cli_synthetic_cohort_by_default(ckpt, tmp_path, monkeypatch, capsys):
+    folder = data.make_synthetic_cohort(tmp_path / "syn", n_pretrain_subjects=2, scans_per_subject=1, n_probe=40,
+                                        length_range=(100, 120), network_map=NET_MAP)
+    monkeypatch.setattr(data, "ensure_synthetic_cohort", lambda: folder)
+    rep = probe.main(["--ckpt", str(ckpt), "--task", "sz", "--repeats", "1", "--baselines", "none", "--no-cache",
+                      "--out", str(tmp_path / "sz.json")])
+    assert rep["synthetic"] and rep["config"]["n_subjects"] == 40            # ids matched via probe_subjects.txt
+    assert "SYNTHETIC" in capsys.readouterr().out
