@@ -157,6 +157,8 @@ def make_task(name, values, subjects, task_type="auto", bins=None):
         numeric = bool(np.isfinite(num).all())
     except ValueError:
         num, numeric = None, False
+    if numeric:
+        vals = [str(int(v)) if v == int(v) else repr(float(v)) for v in num]   # "1" and "1.0": one class
     n_distinct = len(set(vals))
     if bins is not None:
         if task_type == "regression":

@@ -25,6 +25,7 @@ def _task(y, subjects=None, **kw):
 def test_task_type_auto_and_overrides():
     assert _task([0, 1, 2] * 5).kind == "classification"
     assert _task(["M", "F"] * 5).classes == ["F", "M"]
+    assert _task(["1", "1.0", "0", "2"] * 3).classes == ["0", "1", "2"]
     reg = _task(np.linspace(20, 80, 30))
     assert reg.kind == "regression" and reg.classes is None
     assert _task(list(range(30))).kind == "regression"                     # > 10 integers
