@@ -276,3 +276,22 @@ def test_kernels_on_and_off_give_same_losses(tmp_path, capsys):
         # at initialisation all CLS projections nearly coincide, so the coding-rate gradient is a
         # difference of near-equal vectors: float32 rounding (1e-6) shows up at ~1e-3 in the gradient
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-2)
+
+
+def test_subject_separation_scores():
+    """AUROC 1 when CLS encodes the subject, ~0.5 when it ignores it; mean_cos ~1 flags collapse."""
+    class ByInput(torch.nn.Module):   # CLS = the first time point of the first 4 ROIs
+        def forward(self, x):
+            return x[:, :4, 0], None
+
+    subjects = ["a", "a", "b", "b", "c", "c"]
+    base = torch.eye(4)[[0, 0, 1, 1, 2, 2]]                              # one direction per subject
+    crops = torch.zeros(6, 2, 4, 100)
+    crops[:, :, :, 0] = base[:, None, :] + 0.01 * torch.randn(6, 2, 4)
+    s = train.subject_separation(ByInput(), crops, subjects)
+    assert s["auroc"] == 1.0 and s["gap"] > 0.9
+    crops[:, :, :, 0] = torch.tensor([1.0, 1, 1, 1]) + 1e-4 * torch.randn(6, 2, 4)   # collapsed
+    s = train.subject_separation(ByInput(), crops, subjects)
+    assert 0.0 <= s["auroc"] <= 1.0 and s["mean_cos"] > 0.999
+    with pytest.raises(ValueError, match="several scans of some subjects"):
+        train.subject_separation(ByInput(), crops, ["a", "b", "c", "d", "e", "f"])
