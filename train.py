@@ -454,7 +454,7 @@ def train(cfg: TrainConfig, given=()):
             k = int(cfg.networks[5:])
         except ValueError:
             raise ValueError(f"--networks {cfg.networks}: expected auto:K with an integer K, e.g. auto:9") from None
-        fc = data.group_fc(scans)
+        fc = data.group_fc(scans, max_scans=2000, seed=cfg.seed)  # a group mean: 2000 scans are plenty
         network_map = networks.cluster_networks(fc, k, seed=cfg.seed)
         if rank == 0:
             os.makedirs(out, exist_ok=True)

@@ -99,6 +99,17 @@ def test_synthetic_run_writes_loadable_teacher(cohort, tmp_path, monkeypatch, ca
     assert code == 2 and "already holds a run (step 3 of 3)" in err and "--resume" in err
 
 
+def test_networks_from_data(small, tmp_path, capsys):
+    """--networks auto:K clusters group FC into K networks, trains with them and stores the map."""
+    args = small_args(small, tmp_path / "auto", "--steps", "1")
+    args[args.index("--networks") + 1] = "auto:3"
+    code, stdout, err = run_main(args, capsys)
+    assert code == 0, err
+    assert "3 networks" in stdout and (tmp_path / "auto" / "network_fc.png").exists()
+    raw = torch.load(tmp_path / "auto" / "teacher.pt", weights_only=True)
+    assert sorted(set(raw["network_map"].tolist())) == [0, 1, 2] and raw["network_names"] == ["net0", "net1", "net2"]
+
+
 def _cli(args, **kw):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["OMP_NUM_THREADS"] = "2"
