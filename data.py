@@ -660,7 +660,7 @@ def group_fc(scans, max_scans=None, seed=0) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Synthetic cohort
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 1   # bump whenever the generator changes: cached cohorts with another version are rebuilt
 LABELS = ("sz", "mdd", "asd", "sex", "age")
 # Each label acts through two between-network couplings (network ids of the default map:
 # 0 Vis 1 SomMot 2 DorsAttn 3 SalVentAttn 4 Limbic 5 Cont 6 Default 7 Subcortical 8 Cerebellum).
