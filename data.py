@@ -149,14 +149,15 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
 
 
 def _read_subjects(subjects, n):
+    where = ""
     if isinstance(subjects, (str, os.PathLike)):
         p = Path(subjects)
         if not p.exists():
             raise ValueError(f"no such file: {p}")
-        subjects = [s.strip() for s in p.read_text().splitlines() if s.strip()]
+        subjects, where = [s.strip() for s in p.read_text().splitlines() if s.strip()], f"{p}: "
     subjects = [str(s) for s in subjects]
     if len(subjects) != n:
-        raise ValueError(f"got {len(subjects)} subject ids for {n} scans")
+        raise ValueError(f"{where}got {len(subjects)} subject ids for {n} scans (one id per scan, in scan order)")
     return subjects
 
 

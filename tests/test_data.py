@@ -391,6 +391,9 @@ def test_sampler_errors(tmp_path):
         tb.load_state_dict(other.state_dict())
     with pytest.raises(ValueError, match="got 3 subject ids for 4 scans"):
         data.load_scans(save(tmp_path, padded([30] * 4)), subjects=["a", "b", "c"])
+    (tmp_path / "bad_subjects.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match="bad_subjects.txt: got 2 subject ids for 4 scans"):
+        data.load_scans(tmp_path / "bad.npy")
 
 
 def test_folder_header_order_must_agree_and_progress_is_shown(tmp_path, capsys):
