@@ -56,6 +56,7 @@ MAX_CLASSES = 10                      # auto task type: at most this many distin
 SUBJECT_COLUMNS = ("subject", "subject_id", "participant_id")
 MISSING = {"", "na", "nan", "n/a", "none", "null", "?"}
 METRICS = {"classification": ("balanced_accuracy", "auroc"), "regression": ("mae", "r2", "pearson_r")}
+PRIMARY = {"classification": "balanced_accuracy", "regression": "r2"}    # higher is better
 METHOD_TITLES = {"teacher": "pretrained teacher", "random": "random-init encoder", "fc": "FC (Fisher-z)"}
 
 
@@ -500,6 +501,23 @@ def format_table(results, kind):
     return "\n".join(lines)
 
 
+def paired_differences(results, kind):
+    """Teacher minus each baseline on the same splits: mean, std and wins per metric. Split noise
+    is shared by the methods, so this is a sharper comparison than two independent mean ± std."""
+    out = {}
+    for name in results:
+        if name == "teacher":
+            continue
+        out[name] = {}
+        for m in METRICS[kind]:
+            d = np.array([a["test"][m] - b["test"][m] for a, b in
+                          zip(results["teacher"]["repeats"], results[name]["repeats"])], dtype=float)
+            better = d < 0 if m == "mae" else d > 0
+            out[name][m] = {"mean": float(np.nanmean(d)), "std": float(np.nanstd(d)),
+                            "teacher_better": int(better.sum()), "repeats": int(np.isfinite(d).sum())}
+    return out
+
+
 def plot_results(results, task, path, title):
     """Bar chart (mean ± std over repeats) per method; confusion matrix of the teacher for classes."""
     import matplotlib
@@ -680,6 +698,13 @@ def run(args):
     cohort = "SYNTHETIC probe cohort" if synthetic else str(data_path)
     print(f"\n{task.name} on {cohort}: test subjects, mean ± std over {len(seeds)} repeats")
     print(format_table(results, task.kind))
+    paired = paired_differences(results, task.kind)
+    m = PRIMARY[task.kind]
+    for name, p in paired.items():
+        q, scale = p[m], 100 if task.kind == "classification" else 1
+        d = 1 if scale > 1 else 3
+        print(f"teacher − {METHOD_TITLES[name]}, {METRIC_TITLES[m]} on the same splits: {scale * q['mean']:+.{d}f} "
+              f"± {scale * q['std']:.{d}f} (teacher better in {q['teacher_better']}/{q['repeats']})")
 
     out = Path(args.out) if args.out else ckpt.resolve().parent / f"probe_{re.sub(r'[^A-Za-z0-9_.-]', '_', task.name)}.json"
     report = {
@@ -692,7 +717,7 @@ def run(args):
                    "alpha_grid": ALPHA_GRID.tolist(), "max_iter": args.max_iter,
                    "n_subjects": len(task.y), "n_scans": int(len(task.scans)), "n_missing": task.n_missing,
                    "notes": task.notes},
-        "std": "over repeats, ddof 0", "methods": results,
+        "std": "over repeats, ddof 0", "methods": results, "teacher_minus_baseline": paired,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite(report), indent=1))

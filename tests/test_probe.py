@@ -191,6 +191,10 @@ def test_cli_three_classes_then_regression_reuses_cache(ckpt, tmp_path, monkeypa
     assert out.with_suffix(".png").stat().st_size > 0
     assert len(list((tmp_path / "c").glob("*.npy"))) == 2                 # teacher + random encoder
     assert "balanced acc" in capsys.readouterr().out
+    paired = rep["teacher_minus_baseline"]["fc"]["balanced_accuracy"]
+    diffs = [a["test"]["balanced_accuracy"] - b["test"]["balanced_accuracy"]
+             for a, b in zip(rep["methods"]["teacher"]["repeats"], rep["methods"]["fc"]["repeats"])]
+    assert paired["mean"] == pytest.approx(np.mean(diffs)) and paired["repeats"] == 2
 
     def no_extraction(*a, **k):
         raise AssertionError("features should come from the cache")
