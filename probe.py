@@ -202,7 +202,8 @@ def make_task(name, values, subjects, task_type="auto", bins=None):
         if len(edges) < 3:
             raise ValueError(f"task '{name}' cannot be binned into {bins} quantile classes: too few distinct values")
         y = np.searchsorted(edges[1:-1], tgt, side="right")
-        classes = [f"[{a:.4g}, {b:.4g}{']' if i == len(edges) - 2 else ')'}" for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]
+        classes = [f"[{a:.4g}, {b:.4g}{']' if i == len(edges) - 2 else ')'}"
+                   for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]
         if len(edges) - 1 < bins:
             notes.append(f"only {len(edges) - 1} quantile bins are distinct (ties in the target)")
         return Task(name, "classification", y, uniq, scan_idx, unit, classes, n_missing, notes)
@@ -570,12 +571,14 @@ def parse_args(argv=None):
     p.add_argument("--data", help="scans: .npy (S, C, T) or a folder of per-scan .npy/.csv/.tsv files "
                                   "(default: the built-in synthetic probe cohort)")
     p.add_argument("--labels", help="CSV/TSV, one column per task; optional subject/participant_id column")
-    p.add_argument("--layout", default="SCT", choices=["SCT", "STC"], help="axis order of a .npy array (default %(default)s)")
+    p.add_argument("--layout", default="SCT", choices=["SCT", "STC"],
+                   help="axis order of a .npy array (default %(default)s)")
     p.add_argument("--tr", type=float, help="repetition time of the data in s (resampled to 2.0 s)")
     p.add_argument("--subjects", help="text file, one subject id per scan (default: BIDS names of a folder's "
                                       "files, or X_subjects.txt beside X.npy)")
     p.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"],
-                   help="auto: classes when at most 10 distinct integer/string values, else regression (default %(default)s)")
+                   help="auto: classes when at most 10 distinct integer/string values, else regression "
+                        "(default %(default)s)")
     p.add_argument("--bins", type=int, help="bin a continuous target into this many quantile classes")
     p.add_argument("--repeats", type=int, default=10, help="random splits, seeds 0..repeats-1 (default %(default)s)")
     p.add_argument("--seeds", help="comma-separated split seeds (overrides --repeats)")
@@ -608,7 +611,8 @@ def _options(args):
         if args.repeats < 1:
             raise ValueError("--repeats must be at least 1")
         seeds = list(range(args.repeats))
-    baselines = [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    baselines = [b.strip().lower() for b in args.baselines.split(",") if b.strip()]
+    baselines = [] if baselines == ["none"] else baselines
     bad = [b for b in baselines if b not in ("fc", "random")]
     if bad:
         raise ValueError(f"unknown baseline(s) {bad}; choose from fc, random, or none")
@@ -661,13 +665,16 @@ def run(args):
             f"{', '.join(str(k) for k in np.bincount(task.y, minlength=len(task.classes)))})"
             if task.kind == "classification" else f"target mean {task.y.mean():.3g}, std {task.y.std():.3g}")
     print(f"Task '{task.name}': {task.kind}, {what}")
-    print(f"  {len(task.y)} subjects, {len(task.scans)} scans used; {task.n_missing} scan(s) dropped for a missing label")
+    print(f"  {len(task.y)} subjects, {len(task.scans)} scans used; "
+          f"{task.n_missing} scan(s) dropped for a missing label")
     for n in task.notes:
         print(f"  note: {n}")
-    print(f"  splits: subjects train/val/test {args.split}{', stratified by class' if task.kind == 'classification' else ''}, "
+    strat = ", stratified by class" if task.kind == "classification" else ""
+    print(f"  splits: subjects train/val/test {args.split}{strat}, "
           f"{len(seeds)} repeats (seeds {', '.join(map(str, seeds))})")
 
-    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else ckpt.resolve().parent / ".feature_cache"
+    cache_dir = (None if args.no_cache else Path(args.cache_dir) if args.cache_dir
+                 else ckpt.resolve().parent / ".feature_cache")
     common = dict(data=scans.key, crops=args.crops,
                   crop_len=encoder.config.crop_len, bf16=device.startswith("cuda"), version=1)
 
@@ -683,7 +690,8 @@ def run(args):
     if "random" in baselines:
         model_id = dict(model="random", seed=0, config=meta["encoder_config"], torch=torch.__version__,
                         map=hashlib.sha1(network_map.tobytes()).hexdigest())
-        feats["random"] = cached(cache_path(**model_id), extract(random_encoder(encoder, network_map), "random-encoder features"))
+        feats["random"] = cached(cache_path(**model_id),
+                                 extract(random_encoder(encoder, network_map), "random-encoder features"))
     if "fc" in baselines:
         feats["fc"] = fc_features(scans)
 
@@ -706,7 +714,8 @@ def run(args):
         print(f"teacher − {METHOD_TITLES[name]}, {METRIC_TITLES[m]} on the same splits: {scale * q['mean']:+.{d}f} "
               f"± {scale * q['std']:.{d}f} (teacher better in {q['teacher_better']}/{q['repeats']})")
 
-    out = Path(args.out) if args.out else ckpt.resolve().parent / f"probe_{re.sub(r'[^A-Za-z0-9_.-]', '_', task.name)}.json"
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task.name)
+    out = Path(args.out) if args.out else ckpt.resolve().parent / f"probe_{safe}.json"
     report = {
         "task": task.name, "kind": task.kind, "classes": task.classes, "synthetic": synthetic,
         "config": {"ckpt": str(ckpt.resolve()), "ckpt_step": meta.get("step"), "data": str(data_path.resolve()),
