@@ -44,7 +44,7 @@ from masking import slice_mask
 
 PRESET_TRAINING = {  # training defaults a preset brings along (anything given on the command line wins)
     "paper": dict(batch_size=512, epochs=100),                  # SPEC §8
-    "demo": dict(batch_size=64, steps=200, log_every=10),      # ~5 min on a 2-core CPU incl. synthetic data
+    "demo": dict(batch_size=64, steps=120, log_every=10),      # ~5 min on a quiet 2-core CPU incl. synthetic data
 }
 KEEP_ON_RESUME = ("out", "resume", "log_every", "ckpt_every", "device", "no_kernels")  # may change across a resume
 
