@@ -418,6 +418,9 @@ def train(cfg: TrainConfig, given=()):
     """Run (or resume) pretraining as configured; returns a summary dict (rank 0).
     `given`: the option names set explicitly (on --resume they must agree with the saved run)."""
     rank, world, device = _setup_distributed(cfg.device)
+    # tiny weights/moments late in training become denormal floats, which make CPU elementwise ops
+    # (GELU, AdamW, EMA) 10x slower; flushing them to zero changes nothing measurable
+    torch.set_flush_denormal(True)
     kernels.set_enabled(not cfg.no_kernels)
     out = cfg.out
     state_path, teacher_path = os.path.join(out, "state.pt"), os.path.join(out, "teacher.pt")
