@@ -414,6 +414,24 @@ def plot_curves(log, path):
     plt.close(fig)
 
 
+def keep_freed_memory():
+    """Make glibc keep freed blocks for reuse instead of returning them to the OS.
+
+    A CPU training step allocates and frees hundreds of MB of activations. By default glibc
+    serves large blocks with fresh mmap()s and hands them back on free, so every step pays
+    ~40,000 page faults (zero-filling pages) again: 30-40% of the tokenizer's time on our 2-core
+    test machine. Raising the mmap and trim thresholds keeps those pages in the heap. No-op
+    off glibc (macOS, musl)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # mallopt parameter ids (malloc.h)
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+
+
 def train(cfg: TrainConfig, given=()):
     """Run (or resume) pretraining as configured; returns a summary dict (rank 0).
     `given`: the option names set explicitly (on --resume they must agree with the saved run)."""
@@ -421,6 +439,8 @@ def train(cfg: TrainConfig, given=()):
     # tiny weights/moments late in training become denormal floats, which make CPU elementwise ops
     # (GELU, AdamW, EMA) 10x slower; flushing them to zero changes nothing measurable
     torch.set_flush_denormal(True)
+    if device.type == "cpu":
+        keep_freed_memory()
     kernels.set_enabled(not cfg.no_kernels)
     out = cfg.out
     state_path, teacher_path = os.path.join(out, "state.pt"), os.path.join(out, "teacher.pt")

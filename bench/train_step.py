@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import kernels  # noqa: E402
 import networks  # noqa: E402
-from train import Trainer, encoder_config, resolve_config  # noqa: E402
+from train import Trainer, encoder_config, keep_freed_memory, resolve_config  # noqa: E402
 
 
 def main():
@@ -39,6 +39,8 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-kernels", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="skip train.keep_freed_memory() on CPU (to measure what it saves)")
     ap.add_argument("--profile", action="store_true", help="print the torch.profiler table of one step")
     ap.add_argument("--append", action="store_true", help="append the result row to BENCHMARKS.md")
     args = ap.parse_args()
@@ -46,6 +48,8 @@ def main():
         torch.set_num_threads(args.threads)
     kernels.set_enabled(not args.no_kernels)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type == "cpu" and not args.default_malloc:
+        keep_freed_memory()
 
     cfg = resolve_config({"preset": args.preset, "batch_size": args.batch_size, "steps": 1000, "data": "random"})
     enc_cfg = encoder_config(cfg)
@@ -88,7 +92,7 @@ def main():
     else:
         mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS"
         dev = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-        prec = "fp32"
+        prec = "fp32" + (", default malloc" if args.default_malloc else "")
     kern = "off" if args.no_kernels or not kernels.use_triton(torch.empty(0, device=device)) else "on"
     row = (f"| train step | {args.preset} | B={B} | {dev} | {prec}, kernels {kern} | "
            f"{med:.3f} s/step (median of {len(times)}) | {B / med:.1f} samples/s | {mem} | "
