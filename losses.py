@@ -83,24 +83,24 @@ def mcr_loss(student_views, teacher_views, eps=0.05):
     return mcr_loss_reference(student_views, teacher_views, eps)
 
 
-def ttr_loss(student_tokens, teacher_tokens, head, n_networks, n_patches, teacher_head=None, eps=0.05):
-    """L_TTR: per view, each network's P output tokens are averaged (masked positions included),
-    projected and flattened to (B*N, p); then L_MCR across the two views with m = B*N.
+def network_summaries(tokens, n_networks):
+    """L_TTR's summary tokens: each network's P output tokens averaged, masked positions included.
 
-    student_tokens / teacher_tokens: 2-tuples of (B, N*P, D). `teacher_head` projects the teacher
-    tokens (the EMA head; default `head`). Returns (loss, comp, expa)."""
+    tokens (B, N*P, D) in network-major order -> (B, N, D)."""
+    B, S, D = tokens.shape
+    if S % n_networks:
+        raise ValueError(f"tokens have {S} positions, not a multiple of N = {n_networks} networks")
+    return tokens.view(B, n_networks, S // n_networks, D).mean(2)       # (B, N, D)
 
-    def summarise(tokens, h):
-        B, S, D = tokens.shape
-        if S != n_networks * n_patches:
-            raise ValueError(f"tokens have {S} positions but N*P = {n_networks}*{n_patches} = {n_networks * n_patches}")
-        z = tokens.reshape(B, n_networks, n_patches, D).mean(2)        # (B, N, D)
-        return h(z).reshape(B * n_networks, -1)                         # (B*N, p)
 
-    s = [summarise(t, head) for t in student_tokens]
-    with torch.no_grad():
-        t = [summarise(t.detach(), head if teacher_head is None else teacher_head) for t in teacher_tokens]
-    return mcr_loss(s, t, eps)
+def ttr_loss(student_views, teacher_views, eps=0.05):
+    """L_TTR (teacher-guided temporal regularisation) = L_MCR across the two views on the projected
+    network summaries, one row per (sample, network): m = B*N.
+
+    student_views / teacher_views: 2-tuples of (B, N, p) or (B*N, p) projected summaries (the
+    projection runs in the caller, once for CLS, summaries and tokens). Returns (loss, comp, expa)."""
+    flat = lambda views: tuple(v.reshape(-1, v.shape[-1]) for v in views)   # (B*N, p) each
+    return mcr_loss(flat(student_views), flat(teacher_views), eps)
 
 
 def token_loss(student_tok_proj, teacher_tok_proj, mask):

@@ -39,7 +39,7 @@ import data
 import kernels
 import networks
 from encoder import Encoder, EncoderConfig
-from losses import ProjectionHead, mcr_loss, token_loss
+from losses import ProjectionHead, mcr_loss, network_summaries, token_loss, ttr_loss
 from masking import slice_mask
 
 PRESET_TRAINING = {  # training defaults a preset brings along (anything given on the command line wins)
@@ -183,7 +183,7 @@ class SelfDistillNet(nn.Module):
         cls, tok = self.encoder(x, mask)                       # (VB, D), (VB, N·P, D)
         VB, NP, D = tok.shape
         N = self.encoder.n_networks
-        net = tok.view(VB, N, NP // N, D).mean(2)              # (VB, N, D) network summaries for L_TTR
+        net = network_summaries(tok, N)                        # (VB, N, D) for L_TTR
         rows = [cls, net.reshape(VB * N, D)] + ([tok.reshape(VB * NP, D)] if with_tokens else [])
         z = self.head(torch.cat(rows)).float()                 # (VB·(1+N[+N·P]), p)
         out = {"cls": cls, "z_cls": z[:VB], "z_net": z[VB:VB * (1 + N)].view(VB, N, -1)}
@@ -248,7 +248,7 @@ def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, a
         return tuple(_gather(v.reshape(-1, v.shape[-1])) for v in (z[:B], z[B:]))
 
     cls, comp, expa = mcr_loss(views(s["z_cls"]), views(t["z_cls"]), eps)
-    ttr = mcr_loss(views(s["z_net"]), views(t["z_net"]), eps)[0] if ttr_w > 0 else cls.new_zeros(())
+    ttr = ttr_loss(views(s["z_net"]), views(t["z_net"]), eps)[0] if ttr_w > 0 else cls.new_zeros(())
     tok = token_loss(s["z_tok"], t["z_tok"], mask) if masked else cls.new_zeros(())
     loss = cls + ttr_w * ttr + tok_w * tok
     with torch.no_grad():

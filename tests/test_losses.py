@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import ProjectionHead, coding_rate, mcr_loss, mcr_loss_reference, token_loss, ttr_loss
+from losses import (ProjectionHead, coding_rate, mcr_loss, mcr_loss_reference, network_summaries,
+                    token_loss, ttr_loss)
 
 
 def _unit(*shape, dtype=torch.float64, seed=0):
@@ -71,14 +72,15 @@ def test_ttr_loss_matches_manual():
     head, teacher_head = ProjectionHead(D, 64, 16), ProjectionHead(D, 64, 16)
     st = [torch.randn(B, N * P, D, requires_grad=True) for _ in range(2)]
     tt = [torch.randn(B, N * P, D, requires_grad=True) for _ in range(2)]
-    loss, comp, expa = ttr_loss(st, tt, head, N, P, teacher_head=teacher_head)
-    summ = lambda t, h: h(t.view(B, N, P, D).mean(2)).reshape(B * N, 16)
+    summ = lambda t, h: h(t.view(B, N, P, D).mean(2)).reshape(B * N, 16)   # literal SPEC §7
     ref = mcr_loss_reference([summ(t, head) for t in st], [summ(t, teacher_head) for t in tt])
+    loss, comp, expa = ttr_loss([head(network_summaries(t, N)) for t in st],
+                                [teacher_head(network_summaries(t, N)) for t in tt])
     torch.testing.assert_close((loss, comp, expa), ref)
     loss.backward()
     assert st[0].grad is not None and tt[0].grad is None and teacher_head.fc1.weight.grad is None
-    with pytest.raises(ValueError, match="tokens have 20 positions but N\\*P = 3\\*5 = 15"):
-        ttr_loss(st, tt, head, 3, P)
+    with pytest.raises(ValueError, match="tokens have 20 positions, not a multiple of N = 3"):
+        network_summaries(st[0], 3)
 
 
 def test_token_loss_per_sample_average():
