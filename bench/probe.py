@@ -11,8 +11,6 @@ warm-up pass. Prints one Markdown table row; --append adds it to BENCHMARKS.md.
 """
 import argparse
 import os
-import platform
-import resource
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ import data  # noqa: E402
 import kernels  # noqa: E402
 import networks  # noqa: E402
 import probe  # noqa: E402
+from bench.report import device_columns, emit  # noqa: E402
 from encoder import Encoder, EncoderConfig  # noqa: E402
 
 
@@ -67,22 +66,9 @@ def main():
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
 
-    if gpu:
-        mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB GPU"
-        dev = torch.cuda.get_device_name(device)
-        prec = "bf16 autocast"
-    else:
-        mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS"
-        dev = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-        prec = "fp32"
-    kern = "off" if args.no_kernels or not kernels.use_triton(torch.empty(0, device=device)) else "on"
-    row = (f"| probe features | {args.preset} | B={B} crops | {dev} | {prec}, kernels {kern} | "
-           f"{dt:.2f} s for {S * 8} crops | {S * 8 / dt:.1f} crops/s | {mem} | {time.strftime('%Y-%m-%d')} |")
-    print(row)
-    if args.append:
-        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "BENCHMARKS.md"), "a") as f:
-            f.write(row + "\n")
-
+    cols, mem = device_columns(device, args.no_kernels)
+    emit(f"| probe features | {args.preset} | B={B} crops | {cols} | {dt:.2f} s for {S * 8} crops | "
+         f"{S * 8 / dt:.1f} crops/s | {mem} |", args.append)
 
 if __name__ == "__main__":
     main()

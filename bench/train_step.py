@@ -12,8 +12,6 @@ of the process). Prints one Markdown table row; --append adds it to BENCHMARKS.m
 """
 import argparse
 import os
-import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -27,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import kernels  # noqa: E402
 import networks  # noqa: E402
+from bench.report import device_columns, emit  # noqa: E402
 from train import Trainer, encoder_config, keep_freed_memory, resolve_config  # noqa: E402
 
 
@@ -85,23 +84,9 @@ def main():
         print(prof.key_averages().table(sort_by=key, row_limit=25))
 
     med = statistics.median(times)
-    if device.type == "cuda":
-        mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB GPU"
-        dev = torch.cuda.get_device_name(device)
-        prec = "bf16 autocast"
-    else:
-        mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS"
-        dev = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-        prec = "fp32" + (", default malloc" if args.default_malloc else "")
-    kern = "off" if args.no_kernels or not kernels.use_triton(torch.empty(0, device=device)) else "on"
-    row = (f"| train step | {args.preset} | B={B} | {dev} | {prec}, kernels {kern} | "
-           f"{med:.3f} s/step (median of {len(times)}) | {B / med:.1f} samples/s | {mem} | "
-           f"{time.strftime('%Y-%m-%d')} |")
-    print(row)
-    if args.append:
-        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "BENCHMARKS.md"), "a") as f:
-            f.write(row + "\n")
-
+    cols, mem = device_columns(device, args.no_kernels, ", default malloc" if args.default_malloc else "")
+    emit(f"| train step | {args.preset} | B={B} | {cols} | {med:.3f} s/step (median of {len(times)}) | "
+         f"{B / med:.1f} samples/s | {mem} |", args.append)
 
 if __name__ == "__main__":
     main()
