@@ -24,16 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-PAPER_COUNTS = (61, 77, 46, 47, 26, 52, 91, 50, 7)   # SPEC §2, fallback if networks.py is absent
-
-
 def network_counts():
-    try:
-        import numpy as np
-        import networks
-        return tuple(np.bincount(networks.default_network_map()).tolist())
-    except ImportError:
-        return PAPER_COUNTS
+    """R_n of the SPEC's default 457-ROI map (61, 77, 46, 47, 26, 52, 91, 50, 7)."""
+    import numpy as np
+    import networks
+    return tuple(np.bincount(networks.default_network_map()).tolist())
 
 
 def median_ms(fn, iters, warmup=3):
