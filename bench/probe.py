@@ -21,27 +21,19 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402
-import kernels  # noqa: E402
 import networks  # noqa: E402
 import probe  # noqa: E402
-from bench.report import device_columns, emit  # noqa: E402
+from bench.report import add_common_args, device_columns, emit, setup  # noqa: E402
 from encoder import Encoder, EncoderConfig  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="paper", choices=["paper", "demo"])
+    add_common_args(ap)
     ap.add_argument("--scans", type=int, default=None, help="scans timed (8 crops each; default 32 CPU, 512 GPU)")
     ap.add_argument("--batch-size", type=int, default=None, help="crops per forward (default 64 CPU, 512 GPU)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-kernels", action="store_true")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--append", action="store_true", help="append the result row to BENCHMARKS.md")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    kernels.set_enabled(not args.no_kernels)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = setup(args)
     gpu = device.type == "cuda"
     S = args.scans or (512 if gpu else 32)
     B = args.batch_size or (512 if gpu else 64)

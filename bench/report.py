@@ -14,6 +14,24 @@ import kernels
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "BENCHMARKS.md")
 
 
+def add_common_args(ap):
+    """Options every bench script takes."""
+    ap.add_argument("--preset", default="paper", choices=["paper", "demo"])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-kernels", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--append", action="store_true", help="append the result row to BENCHMARKS.md")
+
+
+def setup(args):
+    """Apply the common options; returns the torch device."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kernels.set_enabled(not args.no_kernels)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(auto if args.device == "auto" else args.device)
+
+
 def device_columns(device, no_kernels=False, precision_note=""):
     """'device | precision, kernels on/off' and the peak memory so far, for a results row."""
     if device.type == "cuda":

@@ -23,30 +23,22 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402
-import kernels  # noqa: E402
 import networks  # noqa: E402
-from bench.report import device_columns, emit  # noqa: E402
+from bench.report import add_common_args, device_columns, emit, setup  # noqa: E402
 from train import Trainer, encoder_config, keep_freed_memory, resolve_config  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="paper", choices=["paper", "demo"])
+    add_common_args(ap)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-kernels", action="store_true")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--default-malloc", action="store_true",
                     help="skip train.keep_freed_memory() on CPU (to measure what it saves)")
     ap.add_argument("--profile", action="store_true", help="print the torch.profiler table of one step")
-    ap.add_argument("--append", action="store_true", help="append the result row to BENCHMARKS.md")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    kernels.set_enabled(not args.no_kernels)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = setup(args)
     if device.type == "cpu" and not args.default_malloc:
         keep_freed_memory()
 
