@@ -8,7 +8,8 @@ Two files per run (SPEC §6: after training the student is discarded, the teache
        "network_names": [str] * N, "state_dict": teacher encoder tensors, "step": int,
        "train_config": dict of plain types}
 - `state.pt` — everything `train.py --resume` needs to continue exactly where it stopped
-  (student, teacher, optimizer, sampler and RNG states, step, log); same container format
+  (student, teacher, optimizer, sampler counters, step, log; every random draw is re-seeded from
+  (seed, step), so no RNG state is needed); same container format
   {"format": "brain-semantoks/state", "version": 1, ...}.
 
 Writes are atomic (temporary file in the same folder, fsync, os.replace), so a crash or a kill
@@ -16,7 +17,7 @@ mid-write leaves the previous checkpoint intact. Reads turn every failure into a
 says what is wrong with the file.
 
     from checkpoint import load_teacher
-    encoder, meta = load_teacher("runs/brain-semantoks/teacher.pt")
+    encoder, meta = load_teacher("runs/demo/teacher.pt")
 """
 import os
 import pickle
