@@ -1,6 +1,7 @@
 """checkpoint.py: teacher.pt / state.pt round trips, weights_only loading, atomic writes, clear errors."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,10 +68,13 @@ def test_truncated_file(teacher_file, cut):
 
 
 def test_garbage_file(tmp_path):
+    # random bytes can trip the unpickler anywhere (IndexError, UnicodeDecodeError, ...): many blobs
+    rng = np.random.default_rng(0)
     path = tmp_path / "x.pt"
-    path.write_bytes(os.urandom(4096))
-    with pytest.raises(ValueError, match="corrupt or truncated|not a Brain-Semantoks"):
-        checkpoint.load_teacher(path)
+    for _ in range(200):
+        path.write_bytes(rng.integers(0, 256, int(rng.integers(1, 4096)), dtype=np.uint8).tobytes())
+        with pytest.raises(ValueError, match="corrupt or truncated|not a Brain-Semantoks"):
+            checkpoint.load_teacher(path)
 
 
 def test_not_our_format(tmp_path, teacher_file):
