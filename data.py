@@ -661,7 +661,7 @@ def group_fc(scans, max_scans=None, seed=0) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Synthetic cohort
 
-SYNTH_VERSION = 1   # bump whenever the generator changes: cached cohorts with another version are rebuilt
+SYNTH_VERSION = 2   # bump whenever the generator changes: cached cohorts with another version are rebuilt
 LABELS = ("sz", "mdd", "asd", "sex", "age")
 # Each label acts through two between-network couplings (network ids of the default map:
 # 0 Vis 1 SomMot 2 DorsAttn 3 SalVentAttn 4 Limbic 5 Cont 6 Default 7 Subcortical 8 Cerebellum).
@@ -680,20 +680,26 @@ def _hrf(tr=TR, length=32.0):
 def _simulate(rng, A, lengths, roi_net, loading, noise_std):
     """BOLD-like ROI series for scans with network couplings A (S, N, N) -> (S, C, Tmax) float32, NaN-padded.
 
-    Latents follow z_t = A z_{t-1} + e_t (e ~ N(0, I)); ROI c reads loading[c]·z_{net(c)} plus
-    its own white noise; the sum is convolved with the HRF; then a random DC offset per ROI and a
-    random scale per scan (what z-scoring removes)."""
+    Network latents follow z_t = A z_{t-1} + e_t (e ~ N(0, I)); each network also has J-1 sub-network
+    sources u, independent AR(1) with coefficient 0.5. ROI c reads loading[s, c, 0]·z_{net(c)} +
+    sum_j loading[s, c, j]·u_{net(c), j} plus its own white noise (loading (S, C, J), per scan); the
+    sum is convolved with the HRF; then a random DC offset per ROI and a random scale per scan (what
+    z-scoring removes)."""
     from scipy.signal import lfilter
     S, N, _ = A.shape
-    C, Tmax, burn = len(roi_net), int(lengths.max()), 50
+    C, Tmax, burn, J = len(roi_net), int(lengths.max()), 50, loading.shape[-1]
     h = _hrf()
+    T = Tmax + burn + len(h)
     z = rng.standard_normal((S, N))
-    lat = np.empty((S, N, Tmax + burn + len(h)), dtype=np.float32)
-    for t in range(lat.shape[-1]):
+    lat = np.empty((S, N, T), dtype=np.float32)
+    for t in range(T):
         z = np.einsum("sij,sj->si", A, z) + rng.standard_normal((S, N))
         lat[:, :, t] = z
     lat /= lat.std(axis=(0, 2), keepdims=True)                               # unit-variance latents
-    x = loading[None, :, None] * lat[:, roi_net, :]                         # (S, C, T+)
+    sub = lfilter([1.0], [1.0, -0.5], rng.standard_normal((S, N, J - 1, T)), axis=-1)
+    sub = (sub / sub.std(axis=-1, keepdims=True)).astype(np.float32)          # (S, N, J-1, T)
+    x = loading[:, :, :1] * lat[:, roi_net, :]                               # (S, C, T+)
+    x += np.einsum("scj,scjt->sct", loading[:, :, 1:], sub[:, roi_net])
     x += noise_std * rng.standard_normal(x.shape, dtype=np.float32)
     x = lfilter(h, [1.0], x, axis=-1)[:, :, -Tmax:].astype(np.float32)     # drop burn-in and filter warm-up
     x *= rng.uniform(0.5, 2.0, (S, 1, 1)).astype(np.float32)
@@ -703,7 +709,7 @@ def _simulate(rng, A, lengths, roi_net, loading, noise_std):
 
 def make_synthetic_cohort(out_dir, n_pretrain_subjects=200, scans_per_subject=2, n_probe=300,
                           length_range=(120, 300), seed=0, network_map=None, effect=0.09,
-                          noise_std=2.0) -> Path:
+                          noise_std=2.0, sub_sources=2, topography=0.5) -> Path:
     """Write a synthetic cohort in the file formats a user brings (see load_scans):
 
       pretrain.npy (+ pretrain_subjects.txt)  (n_pretrain_subjects·scans_per_subject, C, T) float16
@@ -714,24 +720,26 @@ def make_synthetic_cohort(out_dir, n_pretrain_subjects=200, scans_per_subject=2,
 
     Generative model (TR 2.0 s). Each subject has a network-level VAR(1) over the N networks,
     A = 0.5·I + K_pop + F_subject + Σ_l effect·y_l·E_l + session noise: K_pop a shared symmetric
-    coupling matrix, F a subject-stable fingerprint (so a subject's scans resemble each other),
-    and each label l (sz, mdd, asd, sex as ±½, age standardised) changing two specific
-    between-network couplings E_l. ROI series = loading × its network's latent + ROI noise
-    (ROI-level SNR ≈ 1/noise_std² ≈ 0.25), HRF-convolved, with random per-ROI DC offsets and
-    per-scan scales. A VAR whose spectral radius exceeds 0.95 is scaled back to 0.95. Scan lengths
-    are uniform in length_range, NaN-padded to the longest. Pretraining and probe subjects are
-    disjoint ("preXXXX" vs "probeXXXX") draws from one population (pretraining labels are not
-    written). Labels are independent Bernoulli(½) (age uniform 20-80 years); effects are weak on
-    purpose: at the defaults, Fisher-z FC + logistic regression with SPEC §9 splits (4:1:8, C
-    chosen on validation, 10 seeds) reaches balanced accuracy 0.65 (mdd) to 0.76 (sz, sex), and
-    ridge age regression r ≈ 0.73: clearly above chance, far from perfect.
-    Defaults take ~6 s on a laptop CPU and ~190 MB on disk.
+    coupling matrix, F a subject-stable coupling fingerprint, and each label l (sz, mdd, asd, sex
+    as ±½, age standardised) changing two specific between-network couplings E_l. Labels act
+    there and nowhere else. Within each network, `sub_sources` further sources (independent
+    AR(1), coefficient 0.5) stand for its sub-systems. ROI series = loadings × (its network's latent,
+    its network's sub-sources) + ROI noise (ROI-level SNR ≈ 0.5), HRF-convolved, with random
+    per-ROI DC offsets and per-scan scales. Loadings are a population map plus a subject-stable
+    deviation (std `topography` on the sub-source loadings, 0.3·topography on the network latent):
+    individual functional topography, which real fMRI shows within networks and which makes a
+    subject's scans alike in what one network's ROIs do together. A VAR whose spectral radius
+    exceeds 0.95 is scaled back to 0.95. Scan lengths are uniform in length_range, NaN-padded to
+    the longest. Pretraining and probe subjects are disjoint ("preXXXX" vs "probeXXXX") draws from
+    one population (pretraining labels are not written). Labels are independent Bernoulli(½) (age
+    uniform 20-80 years); effects are weak on purpose (FC-baseline figures: BENCHMARKS.md).
+    Defaults take ~15 s on a laptop CPU and ~190 MB on disk.
     """
     if network_map is None:
         from networks import default_network_map
         network_map = default_network_map()
     roi_net = np.asarray(network_map, dtype=np.int64)
-    N, C = int(roi_net.max()) + 1, len(roi_net)
+    N, C, J = int(roi_net.max()) + 1, len(roi_net), 1 + int(sub_sources)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -746,7 +754,8 @@ def make_synthetic_cohort(out_dir, n_pretrain_subjects=200, scans_per_subject=2,
         for a, b in _EFFECT_PAIRS[l]:
             if a < N and b < N:   # a custom map with fewer networks keeps the effects that fit
                 E[li, a, b] = E[li, b, a] = 1.0
-    loading = rng.uniform(0.6, 1.4, C)
+    loading = np.column_stack([rng.uniform(0.6, 1.4, C), rng.normal(0, 0.5, (C, J - 1))])   # (C, J)
+    deviation = topography * np.r_[0.3, np.ones(J - 1)]                                     # (J,)
 
     def cohort(n_subj, per, prefix):
         age = rng.uniform(20, 80, n_subj)
@@ -757,10 +766,12 @@ def make_synthetic_cohort(out_dir, n_pretrain_subjects=200, scans_per_subject=2,
         A = np.repeat(A_subj, per, axis=0) + sym(rng.normal(0, 0.015, (n_subj * per, N, N)))
         radius = np.abs(np.linalg.eigvals(A)).max(-1)
         A *= np.minimum(1.0, 0.95 / radius)[:, None, None]                     # keep every VAR stable
+        topo = loading + deviation * rng.standard_normal((n_subj, C, J))       # (n, C, J) per subject
+        topo = np.repeat(topo, per, axis=0).astype(np.float32)                 # (n·per, C, J) per scan
         lengths = rng.integers(length_range[0], length_range[1] + 1, n_subj * per)
         x = np.empty((len(A), C, length_range[1]), dtype=np.float16)            # (S, C, T)
         for i in range(0, len(A), 64):   # chunks keep the float32 intermediates small
-            xi = _simulate(rng, A[i:i + 64], lengths[i:i + 64], roi_net, loading, noise_std)
+            xi = _simulate(rng, A[i:i + 64], lengths[i:i + 64], roi_net, topo[i:i + 64], noise_std)
             x[i:i + 64] = np.nan
             x[i:i + 64, :, :xi.shape[-1]] = xi
         ids = [f"{prefix}{i:04d}" for i in range(n_subj)]
@@ -778,7 +789,8 @@ def make_synthetic_cohort(out_dir, n_pretrain_subjects=200, scans_per_subject=2,
     (out_dir / "network_map.txt").write_text("\n".join(map(str, roi_net)) + "\n")
     params = dict(version=SYNTH_VERSION, n_pretrain_subjects=n_pretrain_subjects,
                   scans_per_subject=scans_per_subject, n_probe=n_probe, length_range=list(length_range),
-                  seed=seed, n_rois=C, n_networks=N, effect=effect, noise_std=noise_std)
+                  seed=seed, n_rois=C, n_networks=N, effect=effect, noise_std=noise_std,
+                  sub_sources=sub_sources, topography=topography)
     (out_dir / "cohort.json").write_text(json.dumps({"synthetic": True, **params}, indent=1) + "\n")
     return out_dir
 

@@ -263,6 +263,22 @@ def test_synthetic_cohort_files_labels_and_disjoint_subjects(tmp_path):
     assert len((d / "network_map.txt").read_text().split()) == 457
 
 
+def test_synthetic_subjects_have_a_within_network_fingerprint(tmp_path):
+    """Subject-stable topography: two scans of one subject share their within-network FC pattern
+    more than scans of different subjects; with topography=0 that fingerprint is gone."""
+    def gap(topography):
+        d = data.make_synthetic_cohort(tmp_path / str(topography), n_pretrain_subjects=6, scans_per_subject=2,
+                                       n_probe=2, length_range=(300, 300), seed=3, topography=topography)
+        fc = data.scan_fc(data.load_scans(d / "pretrain.npy"))                  # (12, C, C)
+        m = np.loadtxt(d / "network_map.txt", dtype=int)
+        i, j = np.triu_indices(len(m), 1)
+        w = fc[:, i[m[i] == m[j]], j[m[i] == m[j]]]                              # within-network edges
+        r = np.corrcoef(w)                                                      # (12, 12) scan x scan
+        same = np.kron(np.eye(6), np.ones((2, 2))).astype(bool) & ~np.eye(12, dtype=bool)
+        return r[same].mean() - r[~same & ~np.eye(12, dtype=bool)].mean()
+    assert gap(0.5) > 0.05 > abs(gap(0.0)), (gap(0.5), gap(0.0))
+
+
 def test_ensure_synthetic_cohort_reuses_and_repairs(tmp_path, capsys):
     kw = dict(n_pretrain_subjects=4, scans_per_subject=2, n_probe=4, length_range=(30, 40))
     d = data.ensure_synthetic_cohort(tmp_path / "syn", **kw)
