@@ -65,8 +65,10 @@ def test_cli_defaults_and_presets():
     p = train.build_parser()
     cfg = train.resolve_config(vars(p.parse_args([])))
     assert (cfg.preset, cfg.batch_size, cfg.steps, cfg.out, cfg.data) == ("demo", 64, 120, os.path.join("runs", "demo"), None)
+    assert cfg.ema_momentum == 0.9                                   # a short run needs a teacher that keeps up
+    assert train.resolve_config(vars(p.parse_args(["--ema-momentum", "0.95"]))).ema_momentum == 0.95
     cfg = train.resolve_config(vars(p.parse_args(["--data", "x.npy"])))
-    assert (cfg.preset, cfg.batch_size, cfg.epochs, cfg.steps) == ("paper", 512, 100, None)
+    assert (cfg.preset, cfg.batch_size, cfg.epochs, cfg.steps, cfg.ema_momentum) == ("paper", 512, 100, None, 0.99)
     cfg = train.resolve_config(vars(p.parse_args(["--preset", "demo", "--epochs", "5", "--batch-size", "4"])))
     assert (cfg.steps, cfg.epochs, cfg.batch_size) == (None, 5, 4)   # --epochs beats the preset's step count
     assert "coding-rate epsilon" in p.format_help()
@@ -285,8 +287,10 @@ def test_kernels_on_and_off_give_same_losses(tmp_path, capsys):
         for k in ("loss", "cls", "ttr", "tok"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
         # at initialisation all CLS projections nearly coincide, so the coding-rate gradient is a
-        # difference of near-equal vectors: float32 rounding (1e-6) shows up at ~1e-3 in the gradient
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-2)
+        # difference of near-equal vectors: float32 rounding (1e-6) shows up at ~1e-3 in the gradient,
+        # relative to the largest gradient of the run (step 2's can be 40x smaller than step 1's)
+        scale = max(r["grad_norm"] for r in logs[0])
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-2, abs=2e-3 * scale)
 
 
 def test_subject_separation_scores():
