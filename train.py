@@ -46,7 +46,7 @@ PRESET_TRAINING = {  # training defaults a preset brings along (anything given o
     "paper": dict(batch_size=512, epochs=100),                  # SPEC §8
     # ~5 min on a 2-core CPU incl. synthetic data. EMA from 0.9, not 0.99: the teacher averages over
     # ~1/(1-m) steps, and at 0.99 that is most of a 120-step run, leaving it near its random init
-    # (measured: teacher projection std 0.017 instead of the SPEC's ~0.07, no subject separation gained)
+    # (measured: teacher projection std 0.018 instead of the SPEC's ~0.07, no subject separation gained)
     "demo": dict(batch_size=64, steps=120, log_every=10, ema_momentum=0.9),
 }
 KEEP_ON_RESUME = ("out", "resume", "log_every", "ckpt_every", "device", "no_kernels")  # may change across a resume
