@@ -1,0 +1,99 @@
+"""Does a checkpoint's encoder carry between-network coupling? Teacher vs a random encoder.
+
+The built-in cohort's labels act only through couplings between networks (data.make_synthetic_cohort),
+so a teacher whose probe features hold none of that cannot beat a random encoder on those labels,
+however well it tells subjects apart. This measures it directly, on the probe crops (SPEC §9):
+
+  token -> patch mean    each network token (B, N, P, D) of the tokenizer, decoding its own
+                         network's mean signal over the patch: the building block of any coupling;
+  features -> crop FC    the probe features (mean tokens ‖ CLS) decoding the crop's network-level
+                         FC (Fisher-z, N(N-1)/2 edges over T' points), mean R² over edges;
+  features -> patch FC   the same for the FC of the P patch means, which is all of the coupling that
+                         products of tokens can hold (tokens summarise one network within one patch).
+
+R² is out-of-sample: ridge, 5 folds grouped by subject, the best of a ridge grid (the same grid for
+every encoder, so the comparison is fair; the absolute value is mildly optimistic). One line per case.
+
+    python bench/coupling.py --ckpt teacher.pt                 # built-in synthetic probe cohort
+    python bench/coupling.py --ckpt teacher.pt --data probe.npy --scans 300
+"""
+import argparse
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import checkpoint  # noqa: E402
+import data  # noqa: E402
+import probe  # noqa: E402
+
+
+def grouped_r2(X, Y, groups, alphas=np.logspace(0, 6, 13), folds=5):
+    """Out-of-sample R² per column of Y (n, k) from X (n, f): standardised X, ridge, folds that keep
+    each group (subject) whole, the alpha with the best mean R². -> (k,)"""
+    from scipy.linalg import LinAlgWarning
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+    X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+    total = ((Y - Y.mean(0)) ** 2).sum(0)
+    best = None
+    for a in alphas:
+        pred = np.zeros_like(Y)
+        for tr, te in GroupKFold(folds).split(X, Y, groups):
+            with warnings.catch_warnings():   # LayerNorm'd features are rank-deficient; the ridge copes
+                warnings.simplefilter("ignore", LinAlgWarning)
+                pred[te] = Ridge(alpha=a).fit(X[tr], Y[tr]).predict(X[te]).reshape(len(te), -1)
+        r2 = 1 - ((Y - pred) ** 2).sum(0) / total
+        if best is None or r2.mean() > best.mean():
+            best = r2
+    return best
+
+
+def network_fc(net):
+    """Network-level FC of (..., N, t) series -> (..., N(N-1)/2) Fisher-z, upper triangle."""
+    net = net - net.mean(-1, keepdims=True)
+    net = net / (np.linalg.norm(net, axis=-1, keepdims=True) + 1e-8)
+    i, j = np.triu_indices(net.shape[-2], 1)
+    return np.arctanh(np.clip((net @ np.swapaxes(net, -1, -2))[..., i, j], -0.999, 0.999))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--data", default=None, help="probe scans (default: the built-in synthetic probe cohort)")
+    ap.add_argument("--scans", type=int, default=150, help="scans used (8 crops each)")
+    args = ap.parse_args()
+    teacher, meta = checkpoint.load_teacher(args.ckpt)
+    net_of = meta["network_map"].numpy()
+    path = args.data or str(data.ensure_synthetic_cohort() / "probe.npy")
+    scans = data.load_scans(path, n_rois=len(net_of))
+    k = min(args.scans, len(scans))
+    scans = data.Scans(data=scans.data[:k], lengths=scans.lengths[:k], subjects=scans.subjects[:k])
+    cfg = teacher.config
+    P, L = cfg.crop_len // cfg.patch_len, cfg.patch_len
+    crops = data.probe_crops(scans, np.arange(k), cfg.crop_len)            # (k, 8, C, T')
+    N = int(net_of.max()) + 1
+    net = torch.stack([crops[:, :, net_of == n].mean(2) for n in range(N)], 2).numpy()  # (k, 8, N, T')
+    patch = net.reshape(k, 8, N, P, L).mean(-1)                             # (k, 8, N, P)
+    groups = np.repeat(np.arange(k), 8)                                     # one group per scan
+    targets = {"features -> crop FC": network_fc(net).reshape(k * 8, -1),
+               "features -> patch FC": network_fc(patch).reshape(k * 8, -1)}
+    print(f"{path}: {k} scans x 8 crops; R² out of sample, ridge CV grouped by scan")
+    for name, enc in [("teacher", teacher), ("random", probe.random_encoder(teacher, net_of))]:
+        with torch.inference_mode():
+            z = torch.cat([enc.tokenizer(c) for c in crops.flatten(0, 1).split(64)]).numpy()  # (k*8, N, P, D)
+        tok = [grouped_r2(z[:, n].reshape(-1, z.shape[-1]), patch[:, :, n].reshape(-1, 1),
+                          np.repeat(groups, P))[0] for n in range(N)]
+        print(f"| {name:7s} | token -> patch mean | mean R² {np.mean(tok):.3f} | min {np.min(tok):.3f} over {N} networks |")
+        feats = probe.encoder_features(enc, scans, label=f"{name} features").reshape(k * 8, -1)
+        for case, Y in targets.items():
+            r2 = grouped_r2(feats, Y, groups)
+            print(f"| {name:7s} | {case} | mean R² {r2.mean():.3f} | max {r2.max():.3f} over {len(r2)} edges |")
+
+
+if __name__ == "__main__":
+    main()
