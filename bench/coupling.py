@@ -14,8 +14,13 @@ however well it tells subjects apart. This measures it directly, on the probe cr
 R² is out-of-sample: ridge, 5 folds grouped by subject, the best of a ridge grid (the same grid for
 every encoder, so the comparison is fair; the absolute value is mildly optimistic). One line per case.
 
+--supervised K asks whether the architecture can learn coupling at all when told to (not part of the
+method): a fresh encoder of the checkpoint's config with a linear head on its probe features,
+trained K steps to regress the patch FC of crops of --train-data, scored on the probe crops above.
+
     python bench/coupling.py --ckpt teacher.pt                 # built-in synthetic probe cohort
     python bench/coupling.py --ckpt teacher.pt --data probe.npy --scans 300
+    python bench/coupling.py --ckpt teacher.pt --supervised 900
 """
 import argparse
 import os
@@ -30,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint  # noqa: E402
 import data  # noqa: E402
 import probe  # noqa: E402
+from encoder import Encoder  # noqa: E402
 
 
 def grouped_r2(X, Y, groups, alphas=np.logspace(0, 6, 13), folds=5):
@@ -61,11 +67,47 @@ def network_fc(net):
     return np.arctanh(np.clip((net @ np.swapaxes(net, -1, -2))[..., i, j], -0.999, 0.999))
 
 
+def network_signals(crops, net_of, patch_len):
+    """Crops (..., C, T') -> each network's mean signal (..., N, T') and its patch means (..., N, P)."""
+    net = torch.stack([crops[..., net_of == n, :].mean(-2) for n in range(int(net_of.max()) + 1)], -2)
+    net = net.numpy()
+    return net, net.reshape(*net.shape[:-1], -1, patch_len).mean(-1)
+
+
+def supervised_check(config, net_of, train_scans, test_crops, steps, batch_scans=8, log_every=100, seed=0):
+    """Train a fresh Encoder(config) + linear head on its features to regress the patch FC of
+    probe-style crops of train_scans (8 per scan); print the R² on test_crops (n, C, T') as it goes."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    enc = Encoder(config, net_of)
+    def target(x):                                                         # (n, C, T') -> (n, edges)
+        return torch.from_numpy(network_fc(network_signals(x, net_of, config.patch_len)[1])).float()
+    y_test = target(test_crops)
+    mu, sd = y_test.mean(0), y_test.std(0)
+    head = torch.nn.Linear(2 * config.dim, y_test.shape[1])
+    opt = torch.optim.AdamW([*enc.parameters(), *head.parameters()], lr=3e-4, weight_decay=0.05)
+    for step in range(1, steps + 1):
+        idx = rng.choice(len(train_scans), batch_scans, replace=False)
+        x = data.probe_crops(train_scans, idx, config.crop_len).flatten(0, 1)     # (8·batch_scans, C, T')
+        loss = ((head(enc.features(x)) - (target(x) - mu) / sd) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % log_every == 0 or step == steps:
+            with torch.no_grad():
+                pred = torch.cat([head(enc.features(c)) for c in test_crops.split(64)])
+            r2 = 1 - ((pred - (y_test - mu) / sd) ** 2).mean(0)            # targets standardised on test
+            print(f"| supervised | step {step} | train loss {loss.item():.3f} | held-out R² {r2.mean().item():.3f} |",
+                  flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--data", default=None, help="probe scans (default: the built-in synthetic probe cohort)")
     ap.add_argument("--scans", type=int, default=150, help="scans used (8 crops each)")
+    ap.add_argument("--supervised", type=int, default=0, metavar="K", help="also run the supervised check for K steps")
+    ap.add_argument("--train-data", default=None, help="its training scans (default: the built-in pretraining pool)")
     args = ap.parse_args()
     teacher, meta = checkpoint.load_teacher(args.ckpt)
     net_of = meta["network_map"].numpy()
@@ -74,11 +116,10 @@ def main():
     k = min(args.scans, len(scans))
     scans = data.Scans(data=scans.data[:k], lengths=scans.lengths[:k], subjects=scans.subjects[:k])
     cfg = teacher.config
-    P, L = cfg.crop_len // cfg.patch_len, cfg.patch_len
+    P = cfg.crop_len // cfg.patch_len
     crops = data.probe_crops(scans, np.arange(k), cfg.crop_len)            # (k, 8, C, T')
     N = int(net_of.max()) + 1
-    net = torch.stack([crops[:, :, net_of == n].mean(2) for n in range(N)], 2).numpy()  # (k, 8, N, T')
-    patch = net.reshape(k, 8, N, P, L).mean(-1)                             # (k, 8, N, P)
+    net, patch = network_signals(crops, net_of, cfg.patch_len)              # (k, 8, N, T'), (k, 8, N, P)
     groups = np.repeat(np.arange(k), 8)                                     # one group per scan
     targets = {"features -> crop FC": network_fc(net).reshape(k * 8, -1),
                "features -> patch FC": network_fc(patch).reshape(k * 8, -1)}
@@ -93,6 +134,11 @@ def main():
         for case, Y in targets.items():
             r2 = grouped_r2(feats, Y, groups)
             print(f"| {name:7s} | {case} | mean R² {r2.mean():.3f} | max {r2.max():.3f} over {len(r2)} edges |")
+    if args.supervised:
+        train_path = args.train_data or str(data.ensure_synthetic_cohort() / "pretrain.npy")
+        print(f"supervised check: fresh encoder + linear head -> patch FC, trained on {train_path}")
+        supervised_check(cfg, net_of, data.load_scans(train_path, n_rois=len(net_of)), crops.flatten(0, 1),
+                         args.supervised)
 
 
 if __name__ == "__main__":
