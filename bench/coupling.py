@@ -101,20 +101,21 @@ def supervised_check(config, net_of, train_scans, test_crops, steps, batch_scans
                   flush=True)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--data", default=None, help="probe scans (default: the built-in synthetic probe cohort)")
     ap.add_argument("--scans", type=int, default=150, help="scans used (8 crops each)")
     ap.add_argument("--supervised", type=int, default=0, metavar="K", help="also run the supervised check for K steps")
     ap.add_argument("--train-data", default=None, help="its training scans (default: the built-in pretraining pool)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     teacher, meta = checkpoint.load_teacher(args.ckpt)
     net_of = meta["network_map"].numpy()
     path = args.data or str(data.ensure_synthetic_cohort() / "probe.npy")
     scans = data.load_scans(path, n_rois=len(net_of))
     k = min(args.scans, len(scans))
-    scans = data.Scans(data=scans.data[:k], lengths=scans.lengths[:k], subjects=scans.subjects[:k])
+    if k < 10:   # 5 folds grouped by scan need a few scans in each
+        raise SystemExit(f"bench/coupling.py needs at least 10 scans, got {k} (from {path}, --scans {args.scans})")
     cfg = teacher.config
     P = cfg.crop_len // cfg.patch_len
     crops = data.probe_crops(scans, np.arange(k), cfg.crop_len)            # (k, 8, C, T')
@@ -126,11 +127,12 @@ def main():
     print(f"{path}: {k} scans x 8 crops; R² out of sample, ridge CV grouped by scan")
     for name, enc in [("teacher", teacher), ("random", probe.random_encoder(teacher, net_of))]:
         with torch.inference_mode():
-            z = torch.cat([enc.tokenizer(c) for c in crops.flatten(0, 1).split(64)]).numpy()  # (k*8, N, P, D)
+            batches = crops.flatten(0, 1).split(64)
+            z = torch.cat([enc.tokenizer(c) for c in batches]).numpy()           # (k*8, N, P, D)
+            feats = torch.cat([enc.features(c) for c in batches]).numpy()      # (k*8, 2D) probe features
         tok = [grouped_r2(z[:, n].reshape(-1, z.shape[-1]), patch[:, :, n].reshape(-1, 1),
                           np.repeat(groups, P))[0] for n in range(N)]
         print(f"| {name:7s} | token -> patch mean | mean R² {np.mean(tok):.3f} | min {np.min(tok):.3f} over {N} networks |")
-        feats = probe.encoder_features(enc, scans, label=f"{name} features").reshape(k * 8, -1)
         for case, Y in targets.items():
             r2 = grouped_r2(feats, Y, groups)
             print(f"| {name:7s} | {case} | mean R² {r2.mean():.3f} | max {r2.max():.3f} over {len(r2)} edges |")

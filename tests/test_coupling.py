@@ -50,3 +50,35 @@ def test_supervised_check_fits_and_reports_held_out_r2(capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| supervised")]
     assert [ln.split("|")[2].strip() for ln in lines] == ["step 1", "step 2"]
     assert all(np.isfinite(float(ln.split("R²")[1].strip(" |"))) for ln in lines)
+
+
+def _tiny_run(tmp_path):
+    """A random 12-ROI, 3-network checkpoint and 12 scans of 60 points it can read."""
+    import torch
+    from checkpoint import save_teacher
+    from encoder import Encoder, EncoderConfig
+    net_of = np.repeat(np.arange(3), 4)
+    torch.manual_seed(0)
+    cfg = EncoderConfig(dim=16, depth=1, heads=2, crop_len=40, patch_len=20, proj_hidden=16, proj_dim=8)
+    save_teacher(tmp_path / "teacher.pt", Encoder(cfg, net_of), net_of, step=1, train_config={})
+    np.save(tmp_path / "scans.npy", np.random.default_rng(4).standard_normal((12, 12, 60)).astype(np.float32))
+    return str(tmp_path / "teacher.pt"), str(tmp_path / "scans.npy")
+
+
+def test_main_prints_every_case_for_teacher_and_random(tmp_path, capsys):
+    from bench.coupling import main
+    ckpt, scans = _tiny_run(tmp_path)
+    main(["--ckpt", ckpt, "--data", scans])
+    rows = [ln.split("|") for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [
+        (enc, case) for enc in ("teacher", "random")
+        for case in ("token -> patch mean", "features -> crop FC", "features -> patch FC")]
+    assert all(np.isfinite(float(r[3].split("R²")[1])) for r in rows)
+
+
+def test_main_refuses_too_few_scans(tmp_path):
+    import pytest
+    from bench.coupling import main
+    ckpt, scans = _tiny_run(tmp_path)
+    with pytest.raises(SystemExit, match="needs at least 10 scans, got 4"):
+        main(["--ckpt", ckpt, "--data", scans, "--scans", "4"])
