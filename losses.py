@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
+import runtime
 
 
 class ProjectionHead(nn.Module):
@@ -47,7 +48,7 @@ def coding_rate(z, eps=0.05):
     if z.ndim != 2:
         raise ValueError(f"coding_rate expects Z of shape (m, p), got {tuple(z.shape)}")
     m, p = z.shape
-    with torch.autocast(z.device.type, enabled=False):
+    with runtime.no_autocast(z.device):
         z = _exact(z)
         a = torch.eye(p, dtype=z.dtype, device=z.device) + (p / (m * eps)) * (z.T @ z)  # (p, p)
         # A = I + PSD is always SPD, so skip cholesky's info check (a GPU->CPU sync every call)
@@ -65,7 +66,7 @@ def _check_views(student_views, teacher_views):
 def mcr_loss_reference(student_views, teacher_views, eps=0.05):
     """L_MCR (SPEC §7) in plain PyTorch, the ground truth. Views: 2-tuples of (m, p) -> (loss, comp, expa)."""
     _check_views(student_views, teacher_views)
-    with torch.autocast(student_views[0].device.type, enabled=False):
+    with runtime.no_autocast(student_views[0].device):
         s1, s2 = (_exact(s) for s in student_views)
         t1, t2 = (_exact(t.detach()) for t in teacher_views)
         m, p = s1.shape
@@ -117,7 +118,7 @@ def token_loss(student_tok_proj, teacher_tok_proj, mask):
     if s.shape != t.shape or mask.shape != s.shape[:2]:
         raise ValueError(f"token_loss shapes disagree: student {tuple(student_tok_proj.shape)}, "
                          f"teacher {tuple(teacher_tok_proj.shape)}, mask {tuple(mask.shape)}")
-    with torch.autocast(s.device.type, enabled=False):
+    with runtime.no_autocast(s.device):
         cos = F.cosine_similarity(_exact(s), _exact(t), dim=-1)         # (B, N*P)
         w = mask.to(cos.dtype)
         count = w.sum(1)                                                # (B,)

@@ -6,7 +6,8 @@ Triton kernel:
   networks, T' = 100, L = 20, K = 16 taps, D = 768; the backward asks for weight and bias grads
   only (x is data in training);
 - MCR loss: p = 128, m = 512 (L_CLS) and m = 4608 = B·N (L_TTR).
-One line per case: median time (CUDA events), peak memory, speed-up of Triton over each reference.
+One line per case: median time (triton.testing.do_bench: CUDA events, L2 flushed), peak memory,
+speed-up of Triton over each reference. bench/gpu_check.py calls bench_conv and bench_mcr.
 
     python bench/kernels.py [--dtype fp32|bf16] [--tf32] [--iters 20] [--no-compile]
                             [--only conv|mcr] [--conv-blocks rows=128,d=128]   # tile experiments
@@ -18,6 +19,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,48 +33,64 @@ def network_counts():
     return tuple(np.bincount(networks.default_network_map()).tolist())
 
 
-def median_ms(fn, iters, warmup=3):
-    """Median wall time of fn() on the GPU in ms, and the peak memory it allocated (MiB)."""
-    for _ in range(warmup):
-        fn()
+def median_ms(fn, iters, device=None):
+    """Median time of fn() in ms, and the peak memory one call allocates (MiB; 0 off CUDA).
+
+    CUDA: triton.testing.do_bench (CUDA events, L2 cache flushed before every call, median), for
+    about `iters` x 5 ms of repetitions. Elsewhere (bench/gpu_check.py --dry-run, on the CPU) the
+    wall-clock median of `iters` calls: a smoke test, not a benchmark."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fn()                                                            # compile / autotune / allocate
+    if device.type != "cuda":
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3, 0.0
+    from triton.testing import do_bench
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    fn()
+    torch.cuda.synchronize()
+    mem = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return do_bench(fn, warmup=25, rep=5 * iters, return_mode="median"), mem
 
 
-def run_case(name, impls, iters):
-    """impls: {label: fn}; the first is the eager reference, 'triton' the kernel. Prints one line."""
+def run_case(name, impls, iters, device=None):
+    """impls: {label: fn}; the first is the eager reference, 'triton' the kernel. Prints one line and
+    returns {label: (ms, MiB)} (a label that failed is left out, with a note printed)."""
     res = {}
     for label, fn in impls.items():
         try:
-            res[label] = median_ms(fn, iters)
+            res[label] = median_ms(fn, iters, device)
         except Exception as e:  # torch.compile may not handle a case: report and go on
             print(f"  ({name}: {label} failed: {type(e).__name__}: {str(e).splitlines()[0][:100]})")
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     parts = [f"{label} {ms:8.3f} ms {mb:7.0f} MiB" for label, (ms, mb) in res.items()]
     if "triton" in res:
         parts += [f"x{res[label][0] / res['triton'][0]:.2f} vs {label}" for label in res if label != "triton"]
     print(f"{name:56s} | " + " | ".join(parts), flush=True)
+    return res
 
 
-def bench_conv(dtype, iters, compile_ref, blocks=None):
+PAPER_CONV = dict(B=1024, counts=None, T=100, L=20, K=16, D=768)   # counts None: the SPEC's nine networks
+
+
+def bench_conv(dtype, iters, compile_ref, blocks=None, device="cuda", shape=None):
+    """Tokenizer conv fwd and fwd+bwd: reference (+ compiled) vs Triton -> [(case name, run_case result)]."""
     from kernels.tokenizer_conv import grouped_conv_gelu_mean_reference, grouped_conv_gelu_mean_triton
-    counts = network_counts()
-    B, C, T, L, K, D = 1024, sum(counts), 100, 20, 16, 768
+    sh = {**PAPER_CONV, **(shape or {})}
+    counts = sh["counts"] or network_counts()
+    B, T, L, K, D = (sh[k] for k in ("B", "T", "L", "K", "D"))
+    C = sum(counts)
     offsets = tuple(int(sum(counts[:i])) for i in range(len(counts) + 1))
-    x = torch.randn(B, C, T, device="cuda", dtype=dtype)
-    w = (torch.randn(C, K, D, device="cuda") / (K * max(counts)) ** 0.5).to(dtype).requires_grad_()
-    b = torch.randn(len(counts), D, device="cuda", dtype=dtype).requires_grad_()
-    g = torch.randn(B, len(counts), T // L, D, device="cuda", dtype=dtype)
+    x = torch.randn(B, C, T, device=device, dtype=dtype)
+    w = (torch.randn(C, K, D, device=device) / (K * max(counts)) ** 0.5).to(dtype).requires_grad_()
+    b = torch.randn(len(counts), D, device=device, dtype=dtype).requires_grad_()
+    g = torch.randn(B, len(counts), T // L, D, device=device, dtype=dtype)
     fns = {"ref": grouped_conv_gelu_mean_reference}
     if compile_ref:
         fns["compiled"] = torch.compile(grouped_conv_gelu_mean_reference)
@@ -90,20 +108,22 @@ def bench_conv(dtype, iters, compile_ref, blocks=None):
             torch.autograd.grad(f(x, w, b, offsets, L), (w, b), g)
         return run
 
-    run_case(f"conv fwd {shape}", {k: fwd(f) for k, f in fns.items()}, iters)
-    run_case(f"conv fwd+bwd {shape}", {k: fwd_bwd(f) for k, f in fns.items()}, iters)
+    return [(name, run_case(name, {k: make(f) for k, f in fns.items()}, iters, device))
+            for name, make in ((f"conv fwd {shape}", fwd), (f"conv fwd+bwd {shape}", fwd_bwd))]
 
 
-def bench_mcr(dtype, iters, compile_ref):
+def bench_mcr(dtype, iters, compile_ref, device="cuda", ms=(512, 4608), p=128):
+    """MCR loss fwd and fwd+bwd at m rows (L_CLS: B, L_TTR: B·N) -> [(case name, run_case result)]."""
     from kernels.coding_rate import mcr_loss_triton
     from losses import mcr_loss_reference
     fns = {"ref": mcr_loss_reference}
     if compile_ref:
         fns["compiled"] = torch.compile(mcr_loss_reference)
     fns["triton"] = mcr_loss_triton
-    for m in (512, 4608):
-        s = [F.normalize(torch.randn(m, 128, device="cuda"), dim=-1).to(dtype).requires_grad_() for _ in range(2)]
-        t = [F.normalize(torch.randn(m, 128, device="cuda"), dim=-1).to(dtype) for _ in range(2)]
+    rows = []
+    for m in ms:
+        s = [F.normalize(torch.randn(m, p, device=device), dim=-1).to(dtype).requires_grad_() for _ in range(2)]
+        t = [F.normalize(torch.randn(m, p, device=device), dim=-1).to(dtype) for _ in range(2)]
 
         def fwd(f):
             def run():
@@ -116,8 +136,9 @@ def bench_mcr(dtype, iters, compile_ref):
                 torch.autograd.grad(f(s, t)[0], s)
             return run
 
-        run_case(f"mcr fwd m={m} p=128", {k: fwd(f) for k, f in fns.items()}, iters)
-        run_case(f"mcr fwd+bwd m={m} p=128", {k: fwd_bwd(f) for k, f in fns.items()}, iters)
+        for name, make in ((f"mcr fwd m={m} p={p}", fwd), (f"mcr fwd+bwd m={m} p={p}", fwd_bwd)):
+            rows.append((name, run_case(name, {k: make(f) for k, f in fns.items()}, iters, device)))
+    return rows
 
 
 def compile_check(dtype=None):

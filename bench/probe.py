@@ -8,14 +8,17 @@ warm-up pass. Prints one Markdown table row; --append adds it to BENCHMARKS.md.
     python bench/probe.py                         # paper preset, CPU: 32 scans = 256 crops
     python bench/probe.py --append                # on a GPU: 512 scans = 4096 crops, bf16 autocast
     python bench/probe.py --preset demo --scans 64
+    python bench/probe.py --precision fp32,bf16 --repeats 3   # side by side on a CPU with native bf16
+
+`time_features` and `random_encoder` are used by bench/gpu_check.py too.
 """
 import argparse
+import dataclasses
 import os
+import statistics
 import sys
-import tempfile
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,44 +26,90 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import networks  # noqa: E402
 import probe  # noqa: E402
-from bench.report import add_common_args, device_columns, emit, setup  # noqa: E402
+import runtime  # noqa: E402
+from bench.report import (add_common_args, device_columns, emit, medians_row,  # noqa: E402
+                          random_scans, setup)
 from encoder import Encoder, EncoderConfig  # noqa: E402
 
 
-def main():
+def time_features(enc, scans, device, batch_size, precision, repeats=1):
+    """Seconds of each of `repeats` whole passes of probe.encoder_features over `scans` (after one
+    untimed warm-up pass over one forward's worth of scans)."""
+    k = max(1, batch_size // 8)                                     # one forward's worth of scans
+    warm = data.Scans(data=scans.data[:k], lengths=scans.lengths[:k], subjects=scans.subjects[:k])
+    probe.encoder_features(enc, warm, batch_size=batch_size, device=device, label="warm-up", precision=precision)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        probe.encoder_features(enc, scans, batch_size=batch_size, device=device, label="timed", precision=precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def random_encoder(preset, device, network_map=None, **overrides):
+    """A randomly initialised encoder of a preset (throughput does not depend on the weights)."""
+    torch.manual_seed(0)
+    m = networks.default_network_map() if network_map is None else network_map
+    cfg = dataclasses.replace(EncoderConfig.preset(preset), **overrides)
+    return Encoder(cfg, m).to(device).eval()
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap)
     ap.add_argument("--scans", type=int, default=None, help="scans timed (8 crops each; default 32 CPU, 512 GPU)")
     ap.add_argument("--batch-size", type=int, default=None, help="crops per forward (default 64 CPU, 512 GPU)")
-    args = ap.parse_args()
+    ap.add_argument("--repeats", type=int, default=1, help="timed passes per precision (median)")
+    ap.add_argument("--ckpt", action="append", default=[],
+                    help="time these checkpoints' teachers instead of a random encoder (ours or the authors' "
+                         "format; repeat the option to compare, e.g. an authors' .pth and its converted teacher.pt)")
+    args = ap.parse_args(argv)
+    if args.ckpt:
+        return compare_checkpoints(args)
     device = setup(args)
     gpu = device.type == "cuda"
     S = args.scans or (512 if gpu else 32)
     B = args.batch_size or (512 if gpu else 64)
+    enc = random_encoder(args.preset, device)
+    scans = random_scans(S, n_rois=enc.tokenizer.n_rois)
+    precs = {p: runtime.resolve_precision(p, device)[0] for p in args.precision}
+    times = {p: [] for p in precs}
+    for _ in range(args.repeats):                    # precisions take turns (bench/report.py says why)
+        for p, resolved in precs.items():
+            times[p] += time_features(enc, scans, device, B, resolved)
+    for p, resolved in precs.items():
+        dt = statistics.median(times[p])
+        cols, mem = device_columns(device, args.no_kernels, precision=resolved)
+        emit(f"| probe features | {args.preset} | B={B} crops | {cols} | {dt:.2f} s for {S * 8} crops | "
+             f"{S * 8 / dt:.1f} crops/s | {mem} |", args.append)
+    if len(precs) > 1:
+        print(f"medians, interleaved in one process: {medians_row(times)}")
 
-    torch.manual_seed(0)
-    m = networks.default_network_map()
-    enc = Encoder(EncoderConfig.preset(args.preset), m).to(device).eval()
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "random.npy")
-        np.save(path, rng.standard_normal((S, len(m), 200), dtype=np.float32).astype(np.float16))
-        scans = data.load_scans(path)
-        k = max(1, B // 8)                                          # one forward's worth of scans
-        warm = data.Scans(data=scans.data[:k], lengths=scans.lengths[:k], subjects=scans.subjects[:k])
-        probe.encoder_features(enc, warm, batch_size=B, device=device, label="warm-up")
-        if gpu:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        probe.encoder_features(enc, scans, batch_size=B, device=device, label="timed")
-        if gpu:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
 
-    cols, mem = device_columns(device, args.no_kernels)
-    emit(f"| probe features | {args.preset} | B={B} crops | {cols} | {dt:.2f} s for {S * 8} crops | "
-         f"{S * 8 / dt:.1f} crops/s | {mem} |", args.append)
+def compare_checkpoints(args):
+    """--ckpt A --ckpt B: the same pipeline for every checkpoint's teacher, passes taking turns."""
+    from checkpoint import load_teacher
+    device = setup(args)
+    S = args.scans or (512 if device.type == "cuda" else 32)
+    B = args.batch_size or (512 if device.type == "cuda" else 64)
+    encoders = {path: load_teacher(path, map_location=device)[0] for path in args.ckpt}
+    scans = random_scans(S, n_rois=next(iter(encoders.values())).tokenizer.n_rois)
+    precision = runtime.resolve_precision(args.precision[0], device)[0]
+    times = {path: [] for path in encoders}
+    for _ in range(args.repeats):
+        for path, enc in encoders.items():
+            times[path] += time_features(enc, scans, device, B, precision)
+    for path in encoders:
+        dt = statistics.median(times[path])
+        cols, mem = device_columns(device, args.no_kernels, precision=precision)
+        emit(f"| probe features | {os.path.basename(path)} | B={B} crops | {cols} | {dt:.2f} s for {S * 8} crops | "
+             f"{S * 8 / dt:.1f} crops/s | {mem} |", args.append)
+
 
 if __name__ == "__main__":
     main()

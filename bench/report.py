@@ -1,15 +1,22 @@
-"""Shared by the bench scripts: how the device is described and how a result row is written.
+"""Shared by the bench scripts: how the device is described, how a result row is written, and
+the random scans they time on.
 
-Every row names the device, precision, kernel path and peak memory, so rows from different
-machines in BENCHMARKS.md can be told apart."""
+Every row names the device (a CPU with its bf16 capability), precision, kernel path and peak
+memory, so rows from different machines in BENCHMARKS.md can be told apart. `--precision` takes
+a comma list (fp32,bf16): the scripts then time each precision in the same process, interleaved,
+so that load from other users of a shared machine hits both alike."""
 import os
 import platform
 import resource
+import statistics
+import tempfile
 import time
 
+import numpy as np
 import torch
 
 import kernels
+import runtime
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "BENCHMARKS.md")
 
@@ -21,6 +28,8 @@ def add_common_args(ap):
     ap.add_argument("--no-kernels", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--append", action="store_true", help="append the result row to BENCHMARKS.md")
+    ap.add_argument("--precision", default="auto", type=_precision_list,
+                    help="auto, fp32, bf16, or a comma list timed side by side, e.g. fp32,bf16 (default auto)")
 
 
 def setup(args):
@@ -28,20 +37,73 @@ def setup(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     kernels.set_enabled(not args.no_kernels)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(auto if args.device == "auto" else args.device)
+    return runtime.resolve_device(args.device)
 
 
-def device_columns(device, no_kernels=False, precision_note=""):
-    """'device | precision, kernels on/off' and the peak memory so far, for a results row."""
+def precisions(arg):
+    """'fp32,bf16' -> ['fp32', 'bf16'] (each checked: auto, fp32 or bf16)."""
+    out = [p.strip() for p in arg.split(",") if p.strip()]
+    bad = [p for p in out if p not in runtime.PRECISIONS]
+    if not out or bad:
+        raise ValueError(f"--precision {arg!r}: give auto, fp32, bf16 or a comma list of them")
+    return out
+
+
+def _precision_list(arg):
+    """argparse type for --precision: the list, or argparse's usage error with our message."""
+    import argparse
+    try:
+        return precisions(arg)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cpu_name():
+    """The CPU's model name and its native bf16 instructions, e.g. 'AMD EPYC (bf16: AVX512_BF16)'."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} (bf16: {runtime.cpu_bf16_feature() or 'none'})"
+
+
+def device_columns(device, no_kernels=False, precision_note="", precision=None):
+    """'device | precision, kernels on/off' and the peak memory so far, for a results row.
+    precision: 'fp32' or 'bf16' as resolved (default: what --precision auto gives on `device`)."""
+    prec = precision or runtime.resolve_precision("auto", device)[0]
+    prec = "bf16 autocast" if prec == "bf16" else "fp32"
     if device.type == "cuda":
         mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB GPU"
-        dev, prec = torch.cuda.get_device_name(device), "bf16 autocast"
+        dev = torch.cuda.get_device_name(device)
     else:
         mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS"
-        dev, prec = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads", "fp32"
+        dev = f"CPU {cpu_name()}, {torch.get_num_threads()} threads"
     kern = "off" if no_kernels or not kernels.use_triton(torch.empty(0, device=device)) else "on"
     return f"{dev} | {prec}{precision_note}, kernels {kern}", mem
+
+
+def random_scans(n_scans, n_rois=457, length=200, seed=0):
+    """data.Scans of standard-normal float16 scans (S, C, T), loaded through data.load_scans like
+    real data (throughput does not depend on the values)."""
+    import data
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "random.npy")
+        np.save(path, rng.standard_normal((n_scans, n_rois, length), dtype=np.float32).astype(np.float16))
+        scans = data.load_scans(path)
+        scans.data = np.array(scans.data)   # off the memory map: the file goes with the folder
+    return scans
+
+
+def medians_row(times):
+    """{label: [seconds]} -> 'label median s, ...; bf16 x1.9 faster than fp32' for the summary line."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    parts = [f"{k} {v:.3f} s" for k, v in med.items()]
+    if "fp32" in med and len(med) > 1:
+        parts += [f"{k} x{med['fp32'] / v:.2f} vs fp32" for k, v in med.items() if k != "fp32"]
+    return "; ".join(parts)
 
 
 def emit(row, append):

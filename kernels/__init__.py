@@ -67,6 +67,16 @@ def use_triton(t: torch.Tensor) -> bool:
     return triton_path
 
 
+@torch.compiler.disable
+def _eager(fn, *args, **kwargs):
+    """Run a kernel launcher outside torch.compile's graph: a graph break, by choice. Dynamo would
+    otherwise trace into the autograd.Function and the launch-time Python (tile choice, grids, the
+    interpreter on CPU), which it cannot always follow; as a break, the kernel runs exactly as in
+    eager mode and the compiled graphs around it stay the same for the kernel and the reference
+    path. Whether a torch.library custom op (no break) is faster is for a GPU run to measure."""
+    return fn(*args, **kwargs)
+
+
 def grouped_conv_gelu_mean(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                            offsets: tuple, patch_len: int) -> torch.Tensor:
     """All N per-network tokenizer convs + GELU + time mean (see tokenizer_conv.py for the math).
@@ -74,7 +84,7 @@ def grouped_conv_gelu_mean(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     x (B, C, T') ROIs sorted by network, weight (C, K, D), bias (N, D) -> (B, N, P, D)."""
     from . import tokenizer_conv
     if use_triton(x):
-        return tokenizer_conv.grouped_conv_gelu_mean_triton(x, weight, bias, offsets, patch_len)
+        return _eager(tokenizer_conv.grouped_conv_gelu_mean_triton, x, weight, bias, offsets, patch_len)
     return tokenizer_conv.grouped_conv_gelu_mean_reference(x, weight, bias, offsets, patch_len)
 
 
@@ -84,4 +94,4 @@ def mcr_loss(student_views, teacher_views, eps: float = 0.05):
     No dispatch here: `losses.mcr_loss` asks `use_triton` and holds the PyTorch reference (this
     package imports nothing of the model)."""
     from .coding_rate import mcr_loss_triton
-    return mcr_loss_triton(student_views, teacher_views, eps)
+    return _eager(mcr_loss_triton, student_views, teacher_views, eps)

@@ -1,0 +1,389 @@
+"""One prepared command for the first time a GPU is at hand: everything issue 12 asks of a GPU,
+in ≤ 8 minutes on one H100, written up as one Markdown report ready for BENCHMARKS.md.
+
+    python bench/gpu_check.py                      # on the GPU machine; writes gpu_check.md
+    python bench/gpu_check.py --out report.md --stages step,pretrain
+    python bench/gpu_check.py --dry-run            # same code paths, tiny shapes, on the CPU (< 60 s)
+
+Stages, each with its own time budget (a stage that fails or overruns is recorded as such and the
+next one runs; the budgets add up to 8 minutes):
+
+  parity    the CUDA parity tests (pytest tests/test_kernels.py -k cuda, TRITON_INTERPRET=0: compiled
+            kernels against their references; the suite's conftest would otherwise select the interpreter)
+  kernels   both kernels against their PyTorch references at paper shapes, fp32 and bf16
+            (bench/kernels.py; triton.testing.do_bench)
+  step      the paper-preset step at batch 512, eager and torch.compile: median, peak memory, the
+            projected time of 7,600 steps, the first losses of both (they must agree), and the
+            device-to-host syncs of one step (torch.cuda.set_sync_debug_mode)
+  probe     probe feature throughput (bench/probe.py)
+  pretrain  a few hundred steps on a UK-Biobank-sized synthetic cohort (39,139 scans, one per
+            subject) held in GPU memory, checked against SPEC §8's sanity ranges: L_CLS falls, the
+            teacher's projection std does not shrink towards 0, the CLS does not collapse, no NaN
+
+Exit status 1 when any stage fails: an exception, an overrun, a parity test failing or skipped on
+a GPU, eager and compiled losses disagreeing, or a sanity range missed. Targets (≤ 20 min and
+≤ 10 GB for the paper run, kernels ≥ 2× their references) are reported as met or missed, not failed.
+
+--dry-run: the CPU, Triton through its interpreter (kernels) or the PyTorch reference (model),
+tiny shapes, a handful of steps, and torch.compile with the "aot_eager" backend (Dynamo and AOT
+autograd trace the step, graph breaks included; Inductor's code generation takes minutes on a CPU,
+so it is left to the GPU run). tests/test_gpu_check.py runs it, so this script cannot rot.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+if "--dry-run" in sys.argv:   # before any kernel module is imported: @triton.jit reads it then
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import data  # noqa: E402
+import kernels  # noqa: E402
+import networks  # noqa: E402
+import runtime  # noqa: E402
+from bench import kernels as bench_kernels  # noqa: E402
+from bench.probe import random_encoder, time_features  # noqa: E402
+from bench.report import cpu_name, random_scans  # noqa: E402
+from bench.train_step import make_trainer, time_steps, timed_step  # noqa: E402
+
+PAPER_STEPS = 7600                      # SPEC §8: 100 epochs of 39,139 scans at batch 512
+UKB_SCANS = 39139
+TARGET_MIN, TARGET_GIB, TARGET_KERNEL = 20.0, 10.0, 2.0
+SMALL_MAP = np.repeat(np.arange(4), 10)  # dry run: 40 ROIs in 4 networks
+
+
+class StageTimeout(Exception):
+    pass
+
+
+class StageFailed(Exception):
+    """A check inside a stage failed; the stage's report so far is kept."""
+
+
+class Plan:
+    """What the stages run: paper shapes on the GPU, tiny ones on the CPU (--dry-run)."""
+
+    def __init__(self, dry):
+        self.dry = dry
+        self.device = torch.device("cpu") if dry else runtime.resolve_device("cuda")
+        if dry:
+            self.preset, self.model = "demo", dict(dim=32, depth=1, heads=2, proj_hidden=64)
+            self.map, self.batch, self.timed = SMALL_MAP, 8, 2
+            self.conv = dict(B=1, counts=(3, 2), T=40, D=8)
+            self.mcr_m, self.mcr_p, self.kernel_iters = (16,), 8, 1
+            self.probe_scans, self.probe_batch = 4, 16
+            self.pool, self.pool_len, self.pretrain_steps, self.log_every = 64, 120, 30, 10
+            self.backend = "aot_eager"
+            self.budget = dict(parity=60, kernels=40, step=60, probe=20, pretrain=40)
+        else:
+            self.preset, self.model = "paper", {}
+            self.map, self.batch, self.timed = networks.default_network_map(), 512, 5
+            self.conv, self.mcr_m, self.mcr_p, self.kernel_iters = None, (512, 4608), 128, 20
+            self.probe_scans, self.probe_batch = 512, 512
+            # 39,139 x 457 x 160 float16 = 5.7 GB in GPU memory; 160 points = 1.6 crops of 100
+            self.pool, self.pool_len, self.pretrain_steps, self.log_every = UKB_SCANS, 160, 300, 25
+            self.backend = "inductor"
+            # 480 s in all; the step stage compiles 4 graph variants (student masked/unmasked fwd+bwd,
+            # teacher with/without tokens) with Inductor
+            self.budget = dict(parity=60, kernels=75, step=195, probe=30, pretrain=120)
+
+
+# ----------------------------------------------------------------------------------------------
+# stages: each takes the plan and returns Markdown; raises StageFailed (with its Markdown) on a failed check
+
+def stage_parity(plan):
+    env = {**os.environ, "TRITON_INTERPRET": "1" if plan.dry else "0"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_kernels.py", "-k", "cuda"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=plan.budget["parity"])
+    summary = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
+    count = {k: int(n) for n, k in (w.split() for w in _summary_counts(summary))}
+    md = f"`TRITON_INTERPRET={env['TRITON_INTERPRET']} python -m pytest -q tests/test_kernels.py -k cuda`: **{summary}**\n"
+    if r.returncode not in (0, 5) or count.get("failed") or count.get("error"):
+        raise StageFailed(md + "\n```\n" + r.stdout[-3000:] + r.stderr[-1000:] + "\n```\n")
+    if not plan.dry and (count.get("skipped") or not count.get("passed")):
+        raise StageFailed(md + "\nOn a GPU every CUDA test must run and pass.\n")
+    return md
+
+
+def _summary_counts(line):
+    """'4 passed, 2 skipped in 3.1s' -> ['4 passed', '2 skipped']."""
+    words = line.replace("=", " ").replace(",", " ").split()
+    return [f"{words[i - 1]} {w}" for i, w in enumerate(words)
+            if i and w in ("passed", "failed", "skipped", "error", "errors", "deselected") and words[i - 1].isdigit()]
+
+
+def stage_kernels(plan):
+    lines = ["| case | dtype | reference ms | Triton ms | speed-up | peak MiB (ref / Triton) | ≥ 2× |",
+             "|---|---|---|---|---|---|---|"]
+    dts = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    with kernels.enabled(True):
+        for name, dt in dts.items():
+            rows = (bench_kernels.bench_conv(dt, plan.kernel_iters, False, device=plan.device, shape=plan.conv)
+                    + bench_kernels.bench_mcr(dt, plan.kernel_iters, False, plan.device, plan.mcr_m, plan.mcr_p))
+            for case, res in rows:
+                (rm, rmb), (tm, tmb) = res.get("ref", (float("nan"), 0)), res.get("triton", (float("nan"), 0))
+                lines.append(f"| {case} | {name} | {rm:.3f} | {tm:.3f} | {rm / tm:.2f}× | {rmb:.0f} / {tmb:.0f} | "
+                             f"{'yes' if rm / tm >= TARGET_KERNEL else 'no'} |")
+    note = "\n(dry run: the Triton interpreter on the CPU; its times mean nothing)\n" if plan.dry else ""
+    return "\n".join(lines) + "\n" + note
+
+
+def _trainer(plan, compile, scans, **overrides):
+    return make_trainer(plan.preset, plan.batch, plan.device, "auto", compile, scans=scans, network_map=plan.map,
+                        compile_backend=plan.backend, **plan.model, **overrides)
+
+
+def _warmup_steps(tr, at_least=2):
+    """Steps to run untimed so that both kinds of batch (masked and not) have been compiled."""
+    kinds, i = set(), 0
+    while len(kinds) < 2 or i < at_least:
+        kinds.add(bool(np.random.default_rng([tr.cfg.seed, 1, i]).random() < tr.cfg.mask_prob))
+        i += 1
+    return i
+
+
+def stage_step(plan):
+    scans = random_scans(2 * plan.batch, n_rois=len(plan.map))
+    trs = {"eager": _trainer(plan, "off", scans), "compiled": _trainer(plan, "on", scans)}
+    first = {k: [timed_step(tr, i)[1] for i in range(2)] for k, tr in trs.items()}   # same init, same batches
+    warm = _warmup_steps(trs["eager"])      # from step 0 again: every compiled variant exists before timing
+    times, peak = time_steps(trs, warm, plan.timed)
+    tr = trs["eager"]
+    lines = [f"Preset {plan.preset}, batch {plan.batch}, {tr.precision} ({tr.precision_reason}); compiled: "
+             f"torch.compile backend {plan.backend}; median of {plan.timed} steps after {2 + warm} untimed "
+             f"(masked and unmasked variants compiled by then).", "",
+             "| mode | median s/step | samples/s | peak GPU memory | projected 7,600 steps | ≤ 20 min | ≤ 10 GB |",
+             "|---|---|---|---|---|---|---|"]
+    for k, t in times.items():
+        # both trainers live on the GPU: the other one's weights, optimizer state and data are not this one's
+        other = sum(_state_bytes(o) for j, o in trs.items() if j != k)
+        med, gib = float(np.median(t)), (peak[k] - other) / 2 ** 30
+        proj = med * PAPER_STEPS / 60
+        mem = f"{gib:.1f} GiB" if plan.device.type == "cuda" else "n/a (CPU)"
+        lines.append(f"| {k} | {med:.3f} | {plan.batch / med:.0f} | {mem} | {proj:.1f} min | "
+                     f"{'yes' if proj <= TARGET_MIN else 'no'} | {'yes' if gib <= TARGET_GIB else 'no'} |")
+    lines += ["", _compare_losses(first), "", _host_syncs(trs["eager"], warm + plan.timed)]
+    md = "\n".join(lines) + "\n"
+    if "DISAGREE" in md:
+        raise StageFailed(md)
+    return md
+
+
+def _state_bytes(tr):
+    """Bytes a trainer holds between steps: weights and gradients of student and teacher, AdamW's
+    moments, the resident training data."""
+    ts = [*tr.student.parameters(), *tr.teacher.parameters()]
+    ts += [p.grad for p in tr.student.parameters() if p.grad is not None]
+    ts += [t for st in tr.opt.state.values() for t in st.values() if torch.is_tensor(t)]
+    ts += [tr.batches._data] if getattr(tr.batches, "_data", None) is not None else []
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def _compare_losses(first):
+    """Eager vs compiled on the same first two steps: bf16 rounding differs with fusion, so ~1e-2."""
+    out = ["| step | eager loss / cls | compiled loss / cls | agree |", "|---|---|---|---|"]
+    for i, (a, b) in enumerate(zip(first["eager"], first["compiled"])):
+        ok = all(abs(a[k].item() - b[k].item()) <= 0.02 * abs(a[k].item()) + 0.01 for k in ("loss", "cls"))
+        out.append(f"| {i} | {a['loss'].item():+.4f} / {a['cls'].item():+.4f} | "
+                   f"{b['loss'].item():+.4f} / {b['cls'].item():+.4f} | {'yes' if ok else 'DISAGREE'} |")
+    return "\n".join(out)
+
+
+def _host_syncs(tr, step):
+    """Device-to-host synchronisations inside one eager training step (CUDA's sync debug mode)."""
+    if tr.device.type != "cuda":
+        return "Host syncs per step: not measurable on the CPU (torch.cuda.set_sync_debug_mode needs CUDA)."
+    import warnings
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            tr.step(step)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message).splitlines()[0][:120] for w in caught if "synchroniz" in str(w.message)]
+    where = "".join(f"\n- {s}" for s in sorted(set(syncs)))
+    return f"Host syncs in one eager step: **{len(syncs)}**{where}"
+
+
+def stage_probe(plan):
+    enc = random_encoder(plan.preset, plan.device, network_map=plan.map,
+                         **{k: v for k, v in plan.model.items() if k != "proj_hidden"})
+    scans = random_scans(plan.probe_scans, n_rois=len(plan.map))
+    prec = runtime.resolve_precision("auto", plan.device)[0]
+    dt = float(np.median(time_features(enc, scans, plan.device, plan.probe_batch, prec, repeats=3)))
+    crops = 8 * plan.probe_scans
+    return (f"{crops} crops ({plan.probe_scans} scans x 8), batch {plan.probe_batch}, {prec}: "
+            f"median {dt:.3f} s, **{crops / dt:.0f} crops/s** (whole pipeline: crops, z-scoring, encoder).\n")
+
+
+def synthetic_pool(n_scans, net_of, length, device, seed=0, chunk=2048):
+    """A UK-Biobank-sized pool, one scan per subject: AR(1)-smoothed network signals with random
+    couplings, spread over each network's ROIs with subject-specific loadings (a fingerprint), plus
+    noise. Generated on `device` chunk by chunk into a host float16 array -> data.Scans."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    net = torch.as_tensor(net_of, device=device)
+    N, C = int(net.max()) + 1, len(net_of)
+    out = np.empty((n_scans, C, length), dtype=np.float16)
+    kernel = (0.8 ** torch.arange(15, -1, -1, device=device, dtype=torch.float32)).view(1, 1, -1)
+    for s0 in range(0, n_scans, chunk):
+        b = min(chunk, n_scans - s0)
+        mix = torch.randn(b, N, N, device=device, generator=g) * 0.4 + torch.eye(N, device=device)
+        src = torch.randn(b * N, 1, length + 15, device=device, generator=g)
+        src = torch.nn.functional.conv1d(src, kernel).view(b, N, length)               # AR(1)-like
+        sig = mix @ src                                                                   # coupled networks
+        load = 1 + 0.5 * torch.randn(b, C, 1, device=device, generator=g)                # fingerprint
+        x = load * sig[:, net] + torch.randn(b, C, length, device=device, generator=g)
+        out[s0:s0 + b] = x.half().cpu().numpy()
+    return data.Scans(data=out, lengths=np.full(n_scans, length, dtype=np.int64),
+                      subjects=[f"sub-{i:05d}" for i in range(n_scans)])
+
+
+def stage_pretrain(plan, deadline):
+    t0 = time.time()
+    scans = synthetic_pool(plan.pool, plan.map, plan.pool_len, plan.device)
+    made = time.time() - t0
+    tr = _trainer(plan, "off", scans, steps=plan.pretrain_steps)   # schedules span this short run
+    rows, acc = [], []
+    for i in range(plan.pretrain_steps):
+        if time.time() > deadline - 5:       # keep what was logged; the checks say if it was enough
+            break
+        r = tr.step(i)
+        acc.append(torch.stack([r[k].detach().float() for k in ("loss", "cls", "tok", "std_t", "cos_t")]))
+        if (i + 1) % plan.log_every == 0:
+            rows.append((i + 1, torch.stack(acc).mean(0).tolist()))   # one sync per log window
+            acc = []
+    md = [f"{len(scans)} synthetic scans x {scans.n_rois} ROIs x {plan.pool_len} points "
+          f"({'held in ' + plan.device.type.upper() + ' memory as float16' if tr.batches.resident else 'read per batch'}; "
+          f"made in {made:.0f} s), "
+          f"preset {plan.preset}, batch {plan.batch}, {tr.precision}, eager; {len(rows) * plan.log_every} steps.", "",
+          "| step | loss | L_CLS | L_Tok (window mean, 0 on unmasked batches) | teacher std | teacher CLS cos |",
+          "|---|---|---|---|---|---|"]
+    md += [f"| {s} | {v[0]:+.3f} | {v[1]:+.3f} | {v[2]:+.3f} | {v[3]:.4f} | {v[4]:.3f} |" for s, v in rows]
+    checks = _sanity(rows)
+    md += ["", "SPEC §8 sanity checks:"] + [f"- {'ok' if ok else 'FAILED'}: {what}" for what, ok in checks]
+    if not all(ok for _, ok in checks):
+        raise StageFailed("\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
+
+
+def _sanity(rows):
+    """[(what, ok)] for the logged windows [(step, [loss, cls, tok, std_t, cos_t])]."""
+    if len(rows) < 2:
+        return [("at least two log windows ran", False)]
+    v = np.array([r[1] for r in rows])
+    return [("no NaN/inf in any logged loss or monitor", bool(np.isfinite(v).all())),
+            (f"L_CLS falls: {v[0, 1]:+.3f} -> {v[-1, 1]:+.3f}", bool(v[-1, 1] < v[0, 1] - 0.05)),
+            (f"teacher projection std does not shrink towards 0: {v[0, 3]:.4f} -> {v[-1, 3]:.4f}",
+             bool(v[-1, 3] >= 0.5 * v[0, 3] and v[-1, 3] > 0.005)),
+            (f"teacher CLS not collapsed (mean pairwise cos {v[-1, 4]:.3f} < 0.99)", bool(v[-1, 4] < 0.99))]
+
+
+STAGES = (("parity", "CUDA parity tests"), ("kernels", "Kernels vs PyTorch references"),
+          ("step", "Paper-preset training step"), ("probe", "Probe feature throughput"),
+          ("pretrain", "Short pretraining on a UK-Biobank-sized synthetic cohort"))
+
+
+# ----------------------------------------------------------------------------------------------
+# runner
+
+def _alarm(seconds):
+    """Raise StageTimeout in the main thread after `seconds` (0 cancels); no-op without SIGALRM."""
+    import signal
+    if not hasattr(signal, "setitimer"):
+        return
+
+    def fire(*_):
+        raise StageTimeout()
+    signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, max(0.0, seconds))
+
+
+def run_stage(name, plan):
+    """-> (status, seconds, Markdown body). A stage never stops the run."""
+    budget = plan.budget[name]
+    t0 = time.time()
+    fn = {"parity": stage_parity, "kernels": stage_kernels, "step": stage_step, "probe": stage_probe,
+          "pretrain": lambda p: stage_pretrain(p, t0 + budget)}[name]
+    _alarm(budget)
+    try:
+        body, status = fn(plan), "pass"
+    except StageFailed as e:
+        body, status = str(e), "FAIL"
+    except (StageTimeout, subprocess.TimeoutExpired):
+        body, status = f"Stopped after its budget of {budget} s.\n", "TIMEOUT"
+    except Exception as e:  # noqa: BLE001 -- record any crash and go on with the next stage
+        tb = traceback.format_exc(limit=6)
+        body, status = f"{type(e).__name__}: {str(e)[:1500]}\n\n```\n{tb[-2500:]}```\n", "ERROR"
+        if "StageTimeout" in tb:   # the alarm went off inside a library that wrapped it (torch.compile does)
+            body, status = f"Stopped after its budget of {budget} s (inside {type(e).__name__}).\n", "TIMEOUT"
+    finally:
+        _alarm(0)
+        if plan.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return status, time.time() - t0, body
+
+
+def header(plan, argv):
+    dev = torch.cuda.get_device_name(plan.device) if plan.device.type == "cuda" else f"CPU {cpu_name()}"
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = "?"
+    import triton
+    return (f"## GPU check{' (DRY RUN on the CPU: tiny shapes, times mean nothing)' if plan.dry else ''}: "
+            f"{dev}, {time.strftime('%Y-%m-%d')}\n\n`python bench/gpu_check.py {' '.join(argv)}` at commit {rev} "
+            f"(+ local changes); torch {torch.__version__}, triton {triton.__version__}, "
+            f"CUDA {torch.version.cuda}; {runtime.describe(str(plan.device))}.\n")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="gpu_check.md", help="the Markdown report (default %(default)s)")
+    ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU: checks the script, not the GPU")
+    ap.add_argument("--stages", default=",".join(s for s, _ in STAGES), help="comma list (default: all)")
+    args = ap.parse_args(argv)
+    wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in dict(STAGES)]
+    if unknown:
+        ap.error(f"unknown stage(s) {unknown}; choose from {', '.join(s for s, _ in STAGES)}")
+    if not args.dry_run and not torch.cuda.is_available():
+        ap.error("no CUDA GPU here; --dry-run runs the same code paths on the CPU")
+    plan = Plan(args.dry_run)
+    runtime.tune_cpu(plan.device)
+    # the model on the CPU runs the PyTorch reference (the interpreter would take minutes); the kernels
+    # stage switches the kernels on for itself
+    kernels.set_enabled(not plan.dry)
+    if plan.dry:   # tiny ops gain nothing from a second thread, and on a busy machine each parallel
+        torch.set_num_threads(1)   # region can wait a whole time slice for it (measured: 8 ms per op)
+    t_all, results = time.time(), []
+    for name, title in STAGES:
+        if name in wanted:
+            status, secs, body = run_stage(name, plan)
+            print(f"gpu_check: {name}: {status} in {secs:.0f} s", flush=True)
+            results.append((name, title, status, secs, body))
+    lines = [header(plan, argv), "| stage | result | time (budget) |", "|---|---|---|"]
+    lines += [f"| {title} | {'pass' if st == 'pass' else '**' + st + '**'} | {s:.0f} s ({plan.budget[n]} s) |"
+              for n, title, st, s, _ in results]
+    lines += [f"\nTotal {time.time() - t_all:.0f} s.\n"]
+    for n, title, st, s, body in results:
+        lines += [f"### {title}\n", body]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    failed = [n for n, _, st, _, _ in results if st != "pass"]
+    print(f"gpu_check: report in {args.out}; " + (f"FAILED: {', '.join(failed)}" if failed else "all stages passed"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
