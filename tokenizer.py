@@ -48,7 +48,7 @@ from networks import validate_network_map
 
 class SemanticTokenizer(nn.Module):
 
-    def __init__(self, network_map, dim=768, patch_len=20, n_scales=3):
+    def __init__(self, network_map, dim=768, patch_len=20, n_scales=3, init="authors"):
         super().__init__()
         if isinstance(network_map, torch.Tensor):
             network_map = network_map.cpu().numpy()
@@ -74,7 +74,7 @@ class SemanticTokenizer(nn.Module):
         self.dense_bias = nn.Parameter(torch.empty(N, half))
         self.sg_kernel = nn.Parameter(torch.randn(n_scales, M, 4))
         self.sg_skip = nn.Parameter(torch.randn(M))
-        self.lin_weight = nn.Parameter(nn.init.trunc_normal_(torch.empty(M, half), std=0.02))
+        self.lin_weight = nn.Parameter(torch.empty(M, half))
         self.lin_bias = nn.Parameter(torch.zeros(N, half))
         self.norm_weight = nn.Parameter(torch.ones(N, dim))
         self.norm_bias = nn.Parameter(torch.zeros(N, dim))
@@ -83,6 +83,14 @@ class SemanticTokenizer(nn.Module):
                 bound = 1 / math.sqrt(3 * r)
                 self.dense_weight[self.offsets[n]:self.offsets[n + 1]].uniform_(-bound, bound)
                 self.dense_bias[n].uniform_(-bound, bound)
+            lin = self.lin_weight.split(pairs)
+            for n, p in enumerate(pairs):
+                if init == "authors":  # nn.Linear's default init, fan_in = H_n * R_n, as the published run
+                    bound = 1 / math.sqrt(p)
+                    lin[n].uniform_(-bound, bound)
+                    self.lin_bias[n].uniform_(-bound, bound)
+                else:                  # "dino": trunc-normal(0.02), zero bias
+                    nn.init.trunc_normal_(lin[n], std=0.02)
             self.register_buffer("sg_norm", self._sg_kernel_raw().norm(dim=-1, keepdim=True))
 
     def _sg_kernel_raw(self):
@@ -134,9 +142,12 @@ class SemanticTokenizer(nn.Module):
             raise ValueError(f"crop length T'={T} is not a positive multiple of the patch length L={self.patch_len}")
         xs = x.index_select(1, self.perm)                               # (B, C, T') networks contiguous
         if kernels.use_triton(xs):
-            with torch.autocast(x.device.type, enabled=False):  # compose in full precision; the conv picks its own
+            with torch.autocast(x.device.type, enabled=False):  # compose in full precision, then cast once
                 weight, bias = self.effective_weights()
-            z = kernels.grouped_conv_gelu_mean(xs, weight.to(x.dtype), bias.to(x.dtype),
+            # the kernel is a conv: under autocast it runs in the autocast dtype, as torch's conv would
+            # (x is fp32 data, so x.dtype alone would keep the GPU kernel in fp32 under bf16 autocast)
+            dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            z = kernels.grouped_conv_gelu_mean(xs.to(dt), weight.to(dt), bias.to(dt),
                                                self.offsets, self.patch_len)  # (B, N, P, D)
         else:
             z = self._factored_conv_gelu_mean(xs)                        # (B, N, P, D)

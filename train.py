@@ -12,6 +12,11 @@ no centring). After training the student is discarded: <out>/teacher.pt is the m
     python train.py --out runs/demo --resume          # continue a stopped run exactly where it stopped
     python train.py --help                            # every option, with its default
 
+Precision and compilation are machine choices (runtime.py): --precision auto runs bf16 autocast on
+CUDA and on CPUs with native bf16 (AVX512_BF16/AMX), fp32 elsewhere; --compile auto compiles the
+student/teacher forwards on CUDA only. The run prints what they resolved to and why, and stores it
+under "runtime" in config.json and the checkpoints.
+
 Files in --out: teacher.pt (the model, checkpoint.py), state.pt (everything needed to resume),
 config.json, log.jsonl (one line per log step), curves.png, network_fc.png (--networks auto:K).
 """
@@ -38,6 +43,8 @@ import checkpoint
 import data
 import kernels
 import networks
+import runtime
+import synthetic
 from encoder import Encoder, EncoderConfig
 from losses import ProjectionHead, mcr_loss, network_summaries, token_loss, ttr_loss
 from masking import slice_mask
@@ -49,7 +56,8 @@ PRESET_TRAINING = {  # training defaults a preset brings along (anything given o
     # (measured: teacher projection std 0.018 instead of the SPEC's ~0.07, no subject separation gained)
     "demo": dict(batch_size=64, steps=120, log_every=10, ema_momentum=0.9),
 }
-KEEP_ON_RESUME = ("out", "resume", "log_every", "ckpt_every", "device", "no_kernels")  # may change across a resume
+KEEP_ON_RESUME = ("out", "resume", "log_every", "ckpt_every", "device", "no_kernels",  # may change across a resume
+                  "precision", "compile")  # machine choices: a run may move to another machine
 
 
 @dataclass
@@ -65,6 +73,7 @@ class TrainConfig:
     depth: Optional[int] = None      # override the preset's number of transformer blocks
     heads: Optional[int] = None      # override the preset's attention heads
     proj_hidden: Optional[int] = None  # override the projection head's hidden width (1024)
+    init: str = "authors"            # initialisation: authors (as the published run) | dino (trunc-normal(0.02) Linears, zero biases)
     # --- optimisation (SPEC §7-8)
     batch_size: Optional[int] = None  # global batch B (split over processes); preset: paper 512, demo 64
     epochs: int = 100                # an epoch visits each subject once; steps/epoch = subjects // B
@@ -73,13 +82,15 @@ class TrainConfig:
     warmup_epochs: float = 3.0       # linear warm-up, as a share of epochs (3 of 100 -> 3% of the steps)
     weight_decay: float = 0.05       # start of the cosine weight-decay schedule
     weight_decay_end: float = 0.3    # its end
+    weight_decay_params: str = "all"  # all: every parameter decayed, as the published run | dino: not biases, norms, embeddings
     ema_momentum: float = 0.99       # teacher momentum at step 0; cosine up to 1 at the end
-    ttr_weight: float = 0.5          # w(0) of L_TTR; cosine to 0 over the first ttr_fraction of the steps
-    ttr_fraction: float = 0.05
+    ttr_weight: float = 0.5          # w(0) of L_TTR; cosine to 0 over its first ttr_epochs
+    ttr_epochs: float = 5.0          # L_TTR's window as a share of epochs, like warm-up (5 of 100 -> 5% of the steps)
     tok_weight: float = 0.5          # weight of L_Tok
     mask_prob: float = 0.5           # share of batches that are slice-masked (others: full input, no L_Tok)
     eps: float = 0.05                # coding-rate epsilon
     clip_grad: float = 1.0           # gradient-norm clip
+    init_from: Optional[str] = None  # start student, teacher and head from a model: the authors' .pth, or our teacher.pt / state.pt (fresh optimizer)
     # --- run
     out: Optional[str] = None        # output folder; None -> runs/<preset>
     resume: bool = False             # continue the run in --out from its state.pt
@@ -89,6 +100,8 @@ class TrainConfig:
     ckpt_every: int = 500            # write teacher.pt + state.pt every k steps (and at the end)
     device: str = "auto"             # auto (cuda if available) | cpu | cuda | cuda:1 ...
     no_kernels: bool = False         # use the plain-PyTorch paths instead of the Triton kernels
+    precision: str = "auto"          # auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
+    compile: str = "auto"            # torch.compile the student/teacher forward: auto (on for CUDA, off on CPU) | on | off
     eval_scans: int = 256            # scans used for the subject-separation check at start and end (0 = skip)
 
 
@@ -111,6 +124,8 @@ def build_parser():
         kind = {Optional[int]: int, Optional[float]: float, Optional[str]: str}.get(f.type, f.type)
         extra = {"choices": ["paper", "demo"]} if f.name == "preset" else {}
         extra = {"choices": ["SCT", "STC"]} if f.name == "layout" else extra
+        extra = {"choices": list(runtime.PRECISIONS)} if f.name == "precision" else extra
+        extra = {"choices": list(runtime.COMPILE_CHOICES)} if f.name == "compile" else extra
         p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{h} (default: {f.default})", **extra)
     return p
 
@@ -130,7 +145,7 @@ def resolve_config(given: dict) -> TrainConfig:
 
 def encoder_config(cfg: TrainConfig) -> EncoderConfig:
     enc = EncoderConfig.preset(cfg.preset)
-    over = {k: getattr(cfg, k) for k in ("dim", "depth", "heads", "proj_hidden") if getattr(cfg, k) is not None}
+    over = {k: getattr(cfg, k) for k in ("dim", "depth", "heads", "proj_hidden", "init") if getattr(cfg, k) is not None}
     return dataclasses.replace(enc, **over)
 
 
@@ -162,10 +177,9 @@ def ema_momentum_at(step, total, base=0.99):
     return 1 - (1 - base) * (math.cos(math.pi * step / total) + 1) / 2
 
 
-def ttr_weight_at(step, total, weight=0.5, fraction=0.05):
-    """w = weight·(1 + cos(π·step/S))/2 for step < S = fraction·total, 0 afterwards."""
-    s = fraction * total
-    return weight * (1 + math.cos(math.pi * step / s)) / 2 if step < s else 0.0
+def ttr_weight_at(step, window, weight=0.5):
+    """w = weight·(1 + cos(π·step/S))/2 for step < S = `window` steps (5 epochs in the paper), 0 afterwards."""
+    return weight * (1 + math.cos(math.pi * step / window)) / 2 if step < window else 0.0
 
 
 # ----------------------------------------------------------------------------- model
@@ -188,7 +202,8 @@ class SelfDistillNet(nn.Module):
         N = self.encoder.n_networks
         net = network_summaries(tok, N)                        # (VB, N, D) for L_TTR
         rows = [cls, net.reshape(VB * N, D)] + ([tok.reshape(VB * NP, D)] if with_tokens else [])
-        z = self.head(torch.cat(rows)).float()                 # (VB·(1+N[+N·P]), p)
+        z = self.head(torch.cat(rows))                         # (VB·(1+N[+N·P]), p)
+        z = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z  # losses in fp32 at least
         out = {"cls": cls, "z_cls": z[:VB], "z_net": z[VB:VB * (1 + N)].view(VB, N, -1)}
         if with_tokens:
             out["z_tok"] = z[VB * (1 + N):].view(VB, NP, -1)   # (VB, N·P, p)
@@ -210,13 +225,24 @@ def ema_update(teacher_params, student_params, m):
     torch._foreach_lerp_(teacher_params, student_params, 1 - m)  # one pass over the weights
 
 
-def param_groups(model):
-    """AdamW groups, DINO convention: no weight decay on biases, norms (1-D) and embeddings/tokens."""
+WEIGHT_DECAY_POLICIES = ("all", "dino")
+
+
+def param_groups(model, policy="all"):
+    """AdamW parameter groups.
+
+    "all" (the published run): every parameter is weight-decayed, biases, norms, embeddings and
+    tokenizer included. "dino": no decay on biases, norm weights, LayerScale and the CLS / mask /
+    network embeddings (DINO's convention), decay on the rest."""
+    if policy not in WEIGHT_DECAY_POLICIES:
+        raise ValueError(f"unknown weight-decay policy {policy!r}; choose one of {WEIGHT_DECAY_POLICIES}")
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        plain = p.ndim <= 1 or name.endswith(".bias") or "embed" in name or "token" in name
+        leaf = name.rsplit(".", 1)[-1]
+        plain = policy == "dino" and (p.ndim <= 1 or leaf.endswith("bias") or "norm" in name
+                                      or leaf in ("cls_token", "mask_token", "network_embed"))
         (no_decay if plain else decay).append(p)
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
 
@@ -242,7 +268,7 @@ def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, a
     B = x1.shape[0]
     x = torch.cat([x1, x2])                                    # (2B, C, T'): both views in one call
     masked = mask is not None
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+    with runtime.autocast(x.device, "bf16" if amp else "fp32"):  # fp32: no autocast at all (any device, meta too)
         with torch.no_grad():
             t = teacher(x, None, with_tokens=masked)           # the teacher never sees a mask
         s = student(x, mask, with_tokens=masked)
@@ -311,34 +337,41 @@ class Trainer:
     All randomness of a step is drawn from generators re-seeded from (seed, step, rank), and the batch
     source resumes from counters, so `state_dict()` + the step number resume a run exactly."""
 
-    def __init__(self, cfg, enc_cfg, network_map, batches, total, device, rank=0, world=1):
+    def __init__(self, cfg, enc_cfg, network_map, batches, total, device, rank=0, world=1, compile_backend="inductor"):
         self.cfg, self.batches, self.total, self.device, self.rank, self.world = cfg, batches, total, device, rank, world
         self.local_b = cfg.batch_size // world
         self.warmup = warmup_steps(total, cfg.warmup_epochs, cfg.epochs)
+        self.ttr_steps = warmup_steps(total, cfg.ttr_epochs, cfg.epochs)  # L_TTR's window, in epochs as theirs
         self.peak_lr = cfg.lr * cfg.batch_size / 256
         self.student, self.teacher = build_models(enc_cfg, network_map, cfg.seed)
         self.student.to(device)
         self.teacher.to(device)
         # fused: one pass over each weight per step (CPU and CUDA), instead of ~10 elementwise ops
-        self.opt = torch.optim.AdamW(param_groups(self.student), lr=self.peak_lr, fused=True)
+        self.opt = torch.optim.AdamW(param_groups(self.student, cfg.weight_decay_params), lr=self.peak_lr, fused=True)
         self.model = self.student
         if world > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[device.index] if device.type == "cuda" else None)
-        self.amp = device.type == "cuda"
+        self.precision, self.precision_reason = runtime.resolve_precision(cfg.precision, device)
+        self.amp = self.precision == "bf16"          # compute_losses autocasts to bf16 on x's device type
+        self.compiled, self.compile_reason = runtime.resolve_compile(cfg.compile, device)
+        # the forwards are compiled, the modules are not: state_dict keys and the EMA stay as they are.
+        # The Triton kernels run inside as graph breaks (kernels/__init__.py says why)
+        # (compile_backend: "aot_eager" traces without generating code, for CPU checks in seconds)
+        self.fwd_student, self.fwd_teacher = ((torch.compile(self.model, backend=compile_backend),
+                                               torch.compile(self.teacher, backend=compile_backend))
+                                              if self.compiled else (self.model, self.teacher))
         self.t_params, self.s_params = list(self.teacher.parameters()), list(self.student.parameters())
         self.mask_gen = torch.Generator(device=device)  # slice masks drawn on the device: no host-device copy
 
     def step(self, step):
-        """One optimizer step + EMA update. Returns the compute_losses dict (device tensors, no sync)
-        plus grad_norm, and the python values masked, lr, wd, ema, ttr_w."""
+        """One optimizer step + EMA update at step `step`: draws the batch and the mask, evaluates the
+        schedules, then `update`. Returns update's dict plus the python values masked, lr, wd, ema, ttr_w."""
         cfg, total, b = self.cfg, self.total, self.local_b
-        lr = lr_at(step, total, self.warmup, self.peak_lr)
-        wd = weight_decay_at(step, total, cfg.weight_decay, cfg.weight_decay_end)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-            if g["apply_wd"]:
-                g["weight_decay"] = wd
+        sched = dict(lr=lr_at(step, total, self.warmup, self.peak_lr),
+                     wd=weight_decay_at(step, total, cfg.weight_decay, cfg.weight_decay_end),
+                     ema=ema_momentum_at(step, total, cfg.ema_momentum),
+                     ttr_w=ttr_weight_at(step, self.ttr_steps, cfg.ttr_weight))
         x1, x2 = self.batches.next_batch(b)                           # (b, C, T') each
         N, P = self.student.encoder.n_networks, self.student.encoder.n_patches
         masked = np.random.default_rng([cfg.seed, 1, step]).random() < cfg.mask_prob  # same on all processes
@@ -349,16 +382,34 @@ class Trainer:
             mask = torch.zeros(2 * b, N, P, dtype=torch.bool, device=self.device)
         else:
             mask = None
-        ttr_w = ttr_weight_at(step, total, cfg.ttr_weight, cfg.ttr_fraction)
-        r = compute_losses(self.model, self.teacher, x1, x2, mask, ttr_w, cfg.tok_weight, cfg.eps, self.amp)
+        r = self.update(x1, x2, mask, **sched)
+        r.update(masked=masked, **sched)
+        return r
+
+    def update(self, x1, x2, mask, lr, wd, ema, ttr_w):
+        """The optimizer step on given views (b, C, T'), mask (2b, N, P) or None and schedule values:
+        losses, backward, grad-norm clip, AdamW with (lr, wd), EMA with momentum `ema`. Returns the
+        compute_losses dict (device tensors, no sync) plus grad_norm."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+            if g["apply_wd"]:
+                g["weight_decay"] = wd
+        r = compute_losses(self.fwd_student, self.fwd_teacher, x1, x2, mask, ttr_w, self.cfg.tok_weight,
+                           self.cfg.eps, self.amp)
         self.opt.zero_grad(set_to_none=True)
         r["loss"].backward()
-        r["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.s_params, cfg.clip_grad, foreach=True)
+        r["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.s_params, self.cfg.clip_grad, foreach=True)
         self.opt.step()
-        m = ema_momentum_at(step, total, cfg.ema_momentum)
-        ema_update(self.t_params, self.s_params, m)
-        r.update(masked=masked, lr=lr, wd=wd, ema=m, ttr_w=ttr_w)
+        ema_update(self.t_params, self.s_params, ema)
         return r
+
+    def init_from(self, states):
+        """Start student and teacher from pretrained weights (checkpoint.load_init): encoders and, where
+        the file has it, the projection head; the optimizer stays fresh."""
+        for net, st in ((self.student, states["student"]), (self.teacher, states["teacher"])):
+            net.encoder.load_state_dict(st["encoder"])
+            if st.get("head") is not None:
+                net.head.load_state_dict(st["head"])
 
     def state_dict(self):
         return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
@@ -371,6 +422,16 @@ class Trainer:
         self.batches.load_state_dict(state["sampler"])
 
 
+def load_init_weights(path, enc_cfg, network_map):
+    """--init-from: the checkpoint's weights, after checking they fit this run's architecture and map."""
+    ckpt_cfg, m, states = checkpoint.load_init(path, network_map)
+    checkpoint.check_architecture(enc_cfg, ckpt_cfg, path)
+    if not np.array_equal(m, network_map):
+        raise ValueError(f"--init-from {path}: the checkpoint was trained with another ROI -> network map "
+                         f"({len(m)} ROIs, {int(m.max()) + 1} networks); pass that map with --networks")
+    return states
+
+
 class NonFiniteLoss(RuntimeError):
     pass
 
@@ -378,12 +439,8 @@ class NonFiniteLoss(RuntimeError):
 def _setup_distributed(device_arg):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg == "auto":
-        device_arg = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_arg)
+    device = runtime.resolve_device(device_arg, local)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda requested but no CUDA GPU is available; use --device cpu")
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -417,33 +474,11 @@ def plot_curves(log, path):
     plt.close(fig)
 
 
-def keep_freed_memory():
-    """Make glibc keep freed blocks for reuse instead of returning them to the OS.
-
-    A CPU training step allocates and frees hundreds of MB of activations. By default glibc
-    serves large blocks with fresh mmap()s and hands them back on free, so every step pays
-    ~40,000 page faults (zero-filling pages) again: 30-40% of the tokenizer's time on our 2-core
-    test machine. Raising the mmap and trim thresholds keeps those pages in the heap. No-op
-    off glibc (macOS, musl)."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # mallopt parameter ids (malloc.h)
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
-
-
 def train(cfg: TrainConfig, given=()):
     """Run (or resume) pretraining as configured; returns a summary dict (rank 0).
     `given`: the option names set explicitly (on --resume they must agree with the saved run)."""
     rank, world, device = _setup_distributed(cfg.device)
-    # tiny weights/moments late in training become denormal floats, which make CPU elementwise ops
-    # (GELU, AdamW, EMA) 10x slower; flushing them to zero changes nothing measurable
-    torch.set_flush_denormal(True)
-    if device.type == "cpu":
-        keep_freed_memory()
+    runtime.tune_cpu(device)  # flush denormals; on a CPU run keep freed memory (runtime.py says why)
     kernels.set_enabled(not cfg.no_kernels)
     out = cfg.out
     state_path, teacher_path = os.path.join(out, "state.pt"), os.path.join(out, "teacher.pt")
@@ -467,7 +502,7 @@ def train(cfg: TrainConfig, given=()):
 
     # --- data
     if cfg.data is None:
-        folder = data.ensure_synthetic_cohort()
+        folder = synthetic.ensure_synthetic_cohort()
         path = os.path.join(folder, "pretrain.npy")
         _say(rank, f"no --data given: training on the built-in SYNTHETIC cohort {path} "
                    "(random stand-in data for trying the pipeline, not real fMRI)")
@@ -506,21 +541,33 @@ def train(cfg: TrainConfig, given=()):
     if state is not None:
         tr.load_state_dict(state)
         log, start, separation = state["log"], state["step"], state.get("separation", {})
+    elif cfg.init_from:
+        states = load_init_weights(cfg.init_from, enc_cfg, network_map)
+        tr.init_from(states)
+        _say(rank, f"initialised student and teacher from {cfg.init_from}" + (
+            " (encoders and projection head)" if states["student"]["head"] is not None else
+            " (encoders; its file stores no projection head, which starts fresh)"))
     teacher, N = tr.teacher, tr.student.encoder.n_networks
 
     resolved = asdict(cfg)
+    # what --precision/--compile resolved to on this machine, and why; stored beside the config (not in
+    # it, so that a resume on another machine resolves "auto" afresh)
+    machine = {"device": str(device), "precision": tr.precision, "precision_reason": tr.precision_reason,
+               "compile": tr.compiled, "compile_reason": tr.compile_reason}
     if rank == 0:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump({"train": resolved, "encoder": asdict(enc_cfg)}, f, indent=2)
+            json.dump({"train": resolved, "encoder": asdict(enc_cfg), "runtime": machine}, f, indent=2)
         print("config: " + json.dumps(resolved), flush=True)
         print(f"encoder: {json.dumps(asdict(enc_cfg))}", flush=True)
         print(f"data: {len(scans)} scans, {n_subjects} subjects, {scans.n_rois} ROIs, {N} networks; "
               f"{spe} steps/epoch, {total} steps, warm-up {tr.warmup}, peak lr {tr.peak_lr:.2e}, "
               f"{world} process(es) x batch {tr.local_b}, device {device}, "
-              f"{'bf16 autocast' if tr.amp else 'fp32'}", flush=True)
+              f"{'bf16 autocast' if tr.amp else 'fp32'} ({tr.precision_reason}), "
+              f"compile {'on' if tr.compiled else 'off'} ({tr.compile_reason})", flush=True)
         print(f"parameters: student {sum(p.numel() for p in tr.s_params) / 1e6:.1f}M "
-              "(AdamW; no weight decay on biases, norms, embeddings/tokens)", flush=True)
+              f"(AdamW, weight decay on {'every parameter' if cfg.weight_decay_params == 'all' else 'all but biases, norms, embeddings'}; "
+              f"init {enc_cfg.init})", flush=True)
     sep_data = separation_crops(scans, cfg.eval_scans, enc_cfg.crop_len) if (rank == 0 and cfg.eval_scans) else (None, None)
     if sep_data[0] is not None and "start" not in separation:
         separation["start"] = subject_separation(teacher.encoder, sep_data[0].to(device), sep_data[1])
@@ -553,9 +600,9 @@ def train(cfg: TrainConfig, given=()):
         if rank == 0:  # the sampler state is the same on every process (counters); the other
             # randomness is re-seeded from (seed, step, rank) every step, so nothing else is needed
             checkpoint.save_state(state_path, config=resolved, encoder_config=asdict(enc_cfg), step=step,
-                                  total_steps=total, log=log, separation=separation,
+                                  total_steps=total, log=log, separation=separation, runtime=machine,
                                   network_map=torch.as_tensor(network_map), **tr.state_dict())
-            checkpoint.save_teacher(teacher_path, teacher.encoder, network_map, step, resolved)
+            checkpoint.save_teacher(teacher_path, teacher.encoder, network_map, step, {**resolved, "runtime": machine})
             print(f"checkpoint: step {step} -> {teacher_path}, {state_path}", flush=True)
 
     t_window, n_window, t_run = time.time(), 0, 0.0

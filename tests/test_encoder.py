@@ -1,5 +1,6 @@
 """Encoder (SPEC §5): presets, parameter counts, token layout, mask substitution, custom maps."""
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -115,11 +116,25 @@ def test_attention_matches_manual():
 
 
 def test_init():
+    """Default "authors": nn.Linear's own init (uniform ±1/sqrt(fan_in)) in the blocks and the SG
+    projection, as the published run; "dino": trunc-normal(0.02) with zero biases."""
+    torch.manual_seed(0)
     enc = Encoder(EncoderConfig(**TINY), networks.default_network_map())
     assert torch.all(enc.blocks[0].ls1 == 0.1) and torch.all(enc.blocks[1].ls2 == 0.1)
-    assert abs(enc.blocks[0].mlp[0].weight.std().item() - 0.02) < 0.004
-    assert enc.blocks[0].mlp[0].bias.abs().max() == 0
+    w, b = enc.blocks[0].mlp[0].weight, enc.blocks[0].mlp[0].bias     # fan_in 32: bound 0.177, std 0.102
+    assert abs(w.std().item() - 1 / math.sqrt(3 * 32)) < 0.01 and w.abs().max() <= 1 / math.sqrt(32)
+    assert b.abs().max() > 0
+    tok = enc.tokenizer
+    lin = tok.lin_weight[:tok.pair_offsets[1]]                       # network 0: fan_in = H_0 * R_0 = 61
+    assert lin.abs().max() <= 1 / math.sqrt(61) and abs(lin.std().item() - 1 / math.sqrt(3 * 61)) < 0.01
+    assert tok.lin_bias.abs().max() > 0
+    dino = Encoder(EncoderConfig(**TINY, init="dino"), networks.default_network_map())
+    assert abs(dino.blocks[0].mlp[0].weight.std().item() - 0.02) < 0.004
+    assert dino.blocks[0].mlp[0].bias.abs().max() == 0 and dino.tokenizer.lin_bias.abs().max() == 0
+    assert abs(dino.tokenizer.lin_weight.std().item() - 0.02) < 0.004
     assert dataclasses.asdict(enc.config)["dim"] == 32
+    with pytest.raises(ValueError, match="unknown init 'xavier'"):
+        Encoder(EncoderConfig(**TINY, init="xavier"), networks.default_network_map())
 
 
 def test_bad_input():

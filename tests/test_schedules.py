@@ -45,12 +45,14 @@ def test_ema_momentum():
         assert ema_momentum_at(s, total) == pytest.approx(1 - 0.01 * (math.cos(math.pi * s / total) + 1) / 2)
 
 
-def test_ttr_weight_only_first_five_percent():
-    total = 1000                                   # S = 50
-    assert ttr_weight_at(0, total) == pytest.approx(0.5)
-    assert ttr_weight_at(25, total) == pytest.approx(0.25)
-    assert ttr_weight_at(49, total) == pytest.approx(0.5 * (1 + math.cos(math.pi * 49 / 50)) / 2)
-    assert ttr_weight_at(50, total) == 0
-    assert ttr_weight_at(999, total) == 0
-    assert ttr_weight_at(0, 10) == pytest.approx(0.5)   # S = 0.5 step: only step 0
-    assert ttr_weight_at(1, 10) == 0
+def test_ttr_weight_only_first_five_epochs():
+    window = warmup_steps(1000, 5.0, 100)          # 5 of 100 epochs of a 1000-step run: S = 50 steps
+    assert window == 50
+    assert ttr_weight_at(0, window) == pytest.approx(0.5)
+    assert ttr_weight_at(25, window) == pytest.approx(0.25)
+    assert ttr_weight_at(49, window) == pytest.approx(0.5 * (1 + math.cos(math.pi * 49 / 50)) / 2)
+    assert ttr_weight_at(50, window) == 0
+    assert ttr_weight_at(999, window) == 0
+    # 5 epochs of 20 (the authors' window is epochs, not a share of the run): a quarter of the steps
+    assert warmup_steps(400, 5.0, 20) == 100 and ttr_weight_at(99, 100) > 0 == ttr_weight_at(100, 100)
+    assert ttr_weight_at(0, 0) == 0                # a window of no steps: L_TTR off

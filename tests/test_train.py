@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,11 +14,13 @@ import torch
 import checkpoint
 import data
 import kernels
+import synthetic
 import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dim", "32", "--depth", "1", "--heads", "2", "--proj-hidden", "64", "--batch-size", "8",
-        "--no-kernels", "--log-every", "1", "--eval-scans", "0"]
+        "--no-kernels", "--log-every", "1", "--eval-scans", "0",
+        "--precision", "fp32"]   # the same numbers on every CPU (auto is bf16 where the CPU has it natively)
 SMALL_MAP = np.repeat(np.arange(4), 10)   # 40 ROIs, 4 networks: keeps the tests fast
 
 
@@ -25,7 +28,7 @@ SMALL_MAP = np.repeat(np.arange(4), 10)   # 40 ROIs, 4 networks: keeps the tests
 def cohort(tmp_path_factory):
     """12 subjects x 2 scans with the default 457-ROI map."""
     d = tmp_path_factory.mktemp("cohort")
-    data.make_synthetic_cohort(d, n_pretrain_subjects=12, scans_per_subject=2, n_probe=4, length_range=(100, 140))
+    synthetic.make_synthetic_cohort(d, n_pretrain_subjects=12, scans_per_subject=2, n_probe=4, length_range=(100, 140))
     return d
 
 
@@ -33,7 +36,7 @@ def cohort(tmp_path_factory):
 def small(tmp_path_factory):
     """12 subjects x 2 scans, 40 ROIs in 4 networks; network map in network_map.txt."""
     d = tmp_path_factory.mktemp("small")
-    data.make_synthetic_cohort(d, n_pretrain_subjects=12, scans_per_subject=2, n_probe=4,
+    synthetic.make_synthetic_cohort(d, n_pretrain_subjects=12, scans_per_subject=2, n_probe=4,
                                length_range=(100, 140), network_map=SMALL_MAP)
     return d
 
@@ -76,7 +79,7 @@ def test_cli_defaults_and_presets():
 
 
 def test_synthetic_run_writes_loadable_teacher(cohort, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(data, "ensure_synthetic_cohort", lambda: cohort)   # no --data: built-in cohort
+    monkeypatch.setattr(synthetic, "ensure_synthetic_cohort", lambda: cohort)   # no --data: built-in cohort
     out = tmp_path / "run"
     code, stdout, err = run_main(["--preset", "demo", *TINY, "--steps", "3", "--out", out, "--eval-scans", "16"],
                                  capsys)
@@ -175,14 +178,31 @@ def _ddp_worker(rank, world, port, path):
     dist.destroy_process_group()
 
 
-def test_two_processes_equal_one_process_with_double_batch(tmp_path):
+def _spawn_bounded(worker, path, world=2, timeout=120, tries=2):
+    """mp.spawn with a deadline: gloo's rendezvous on a just-freed port occasionally never completes
+    (seen about once in 5-8 runs, before and after any change of ours); a hung pair is killed and
+    started again on a new port rather than hanging the suite."""
     import socket
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    for _ in range(tries):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ctx = mp.spawn(worker, args=(world, port, path), nprocs=world, join=False)
+        deadline = time.monotonic() + timeout
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                for proc in ctx.processes:
+                    proc.kill()
+                break
+        else:
+            return
+    pytest.fail(f"the {world}-process DDP run did not finish in {timeout} s, {tries} times")
+
+
+def test_two_processes_equal_one_process_with_double_batch(tmp_path):
     path = str(tmp_path / "rank0.pt")
-    mp.spawn(_ddp_worker, args=(2, port, path), nprocs=2, join=True)
+    _spawn_bounded(_ddp_worker, path)
     got = torch.load(path, weights_only=True)
 
     student, teacher = _tiny_models()
@@ -273,13 +293,14 @@ def test_kernels_on_and_off_give_same_losses(tmp_path, capsys):
     """Two steps with the Triton kernels (interpreter on CPU) vs the PyTorch reference. The
     interpreter is slow, so: 8 ROIs in 4 networks, D 16, batch 2."""
     assert kernels.interpreter_on()
-    d = data.make_synthetic_cohort(tmp_path / "micro", n_pretrain_subjects=4, scans_per_subject=1, n_probe=2,
+    d = synthetic.make_synthetic_cohort(tmp_path / "micro", n_pretrain_subjects=4, scans_per_subject=1, n_probe=2,
                                    length_range=(100, 120), network_map=np.repeat(np.arange(4), 2))
     logs = []
     for name, flag in (("off", ["--no-kernels"]), ("on", [])):
         args = ["--data", d / "pretrain.npy", "--networks", d / "network_map.txt", "--preset", "demo",
                 "--dim", "16", "--depth", "1", "--heads", "2", "--proj-hidden", "32", "--batch-size", "2",
-                "--steps", "2", "--log-every", "1", "--eval-scans", "0", "--out", tmp_path / name, *flag]
+                "--steps", "2", "--log-every", "1", "--eval-scans", "0", "--precision", "fp32",
+                "--out", tmp_path / name, *flag]
         code, _, err = run_main(args, capsys)
         assert code == 0, err
         logs.append(read_log(tmp_path / name))
