@@ -6,7 +6,8 @@ in its first ROI). Everything downstream sees scans only through this module:
 
 - `load_scans(path, layout="SCT", tr=None, n_rois=None) -> Scans`: a memory-mapped `.npy`
   (S, C, T) or (S, T, C), or a folder of per-scan `.npy`/`.csv`/`.tsv` files shaped (T, C) as
-  nilearn maskers and XCP-D write them. Every input error is a ValueError that names the scan.
+  nilearn maskers and XCP-D write them, or an `.h5` in the authors' layout (h5data.py, streamed).
+  Every input error is a ValueError that names the scan.
 - `zscore(x, lengths)`: per-ROI z-scoring over each scan's valid length; padding becomes 0.
 - `TrainBatches(scans, device, ...)`: the pretraining batch source. Two independently cropped and
   augmented views per scan, all randomness from a torch.Generator on the training device,
@@ -15,23 +16,18 @@ in its first ROI). Everything downstream sees scans only through this module:
 - `probe_crops(scans, idx)`: 8 evenly spaced, z-scored, un-augmented crops per scan (SPEC §9).
 - `scan_fc(scans, idx)`, `group_fc(scans)`: Pearson functional connectivity (the FC baseline and
   `--networks auto:K`).
-- `make_synthetic_cohort(dir)`, `ensure_synthetic_cohort()`: a small synthetic cohort in the same
-  file formats, used when no data are given and by the tests.
 
-    python data.py                # write (or reuse) the synthetic cohort and describe it
+The built-in synthetic cohort (used when no data are given, and by the tests) is synthetic.py.
+
     python data.py path/to/data   # load a dataset and print what was found
 """
 import hashlib
-import inspect
 import io
-import json
 import logging
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -48,6 +44,7 @@ CROP_LEN = 100      # T'
 N_PROBE_CROPS = 8
 EPS = 1e-8          # z-score guard for flat ROIs (SPEC §1)
 FILE_SUFFIXES = (".npy", ".csv", ".tsv")
+H5_SUFFIXES = (".h5", ".hdf5")          # the authors' datasets (h5data.py)
 _NAN_TOKENS = ("n/a", "na", "nan", "")   # what BIDS/XCP-D TSVs write for missing values
 
 
@@ -59,7 +56,9 @@ class Scans:
     """A dataset of parcellated scans on the 2.0 s grid.
 
     data:      (S, C, T) float16/float32, NaN-padded at the end; a read-only np.memmap (possibly a
-               transposed view of an (S, T, C) file) or an in-RAM array.
+               transposed view of an (S, T, C) file), an in-RAM array, or an h5data.H5Array that
+               reads the scans asked for from an open .h5 file. Code here only uses `.shape`,
+               `.dtype` and indexing by scan rows (`data[idx]`, `data[a:b]`), which all three serve.
     lengths:   (S,) int64 valid time points per scan.
     subjects:  one subject id per scan (several scans may share one).
     source:    absolute path it was loaded from; `key` hashes path, sizes, mtimes, layout and tr
@@ -103,20 +102,22 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
     path:     an `.npy` file holding (S, C, T) (or (S, T, C) with layout="STC"), float16/float32,
               opened memory-mapped, shorter scans NaN-padded at the end; or a folder of per-scan
               `.npy`/`.csv`/`.tsv` files, each (T, C) with time in rows (nilearn/XCP-D layout), an
-              optional header row of ROI names, any lengths.
+              optional header row of ROI names, any lengths; or an `.h5`/`.hdf5` file in the authors'
+              layout (timeseries/schaefer400, tian3, buckner7 concatenated into 457 ROIs, streamed
+              scan by scan; see h5data.py).
     layout:   "SCT" or "STC", for a single `.npy` only (folder files are always time × ROIs).
     tr:       repetition time of the data in seconds. The method works on a 2.0 s grid; with
               tr given, every scan is resampled (band-limited, scipy.signal.resample_poly) to
               round(T·tr/2.0) points before anything else. With tr=None the data are ASSUMED to be
               at TR 2.0 s already: pass --tr for any other acquisition (e.g. 0.72 for HCP, 0.735
               for UK Biobank), or every time scale the model learned is off. Resampling a single
-              `.npy` builds the result in RAM (in the file's dtype); a folder is held in RAM as
+              `.npy` or `.h5` builds the result in RAM (in the file's dtype); a folder is held in RAM as
               float32 either way.
     n_rois:   expected ROI count (the network map's length); checked when given.
     subjects: one subject id per scan (list, or a text file with one per line). Default: for a
               folder, the BIDS id of each file name (`sub-XXXX_ses-YY_...` -> "XXXX", else the
               file stem); for `X.npy`, the lines of `X_subjects.txt` beside it when present,
-              else every scan is its own subject.
+              else every scan is its own subject; for an `.h5`, its long_subject_id dataset.
 
     Folder files with header rows must all list the same ROI names in the same order.
     ROIs that are NaN over a scan's whole valid length (no coverage; XCP-D writes n/a) are kept
@@ -133,12 +134,18 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
 
     if path.is_dir():
         scans = _load_folder(path, tr, n_rois)
+    elif is_h5(path):
+        if layout != "SCT":
+            raise ValueError(f"{path}: --layout applies to a single .npy; an .h5 file in the authors' layout is "
+                             "always (scans, ROIs, time)")
+        from h5data import load_h5   # imported here: h5py is needed only for .h5 files
+        scans = load_h5(path, tr, n_rois, need_ids=subjects is None)
     else:
         scans = _load_array(path, layout, tr, n_rois)
 
     if subjects is not None:
         scans.subjects = _read_subjects(subjects, len(scans))
-    elif not path.is_dir():
+    elif path.suffix == ".npy" and not path.is_dir():
         sidecar = path.with_name(path.stem + "_subjects.txt")
         scans.subjects = (_read_subjects(sidecar, len(scans)) if sidecar.exists()
                           else [f"scan{i:05d}" for i in range(len(scans))])
@@ -146,6 +153,11 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
         log.warning("%d (scan, ROI) time series are NaN over the whole scan (no coverage); "
                     "they are treated as flat (zeros after z-scoring)", scans.zeroed_rois)
     return scans
+
+
+def is_h5(path) -> bool:
+    """Whether `path` names an HDF5 file (read by h5data.py in the authors' layout)."""
+    return Path(path).suffix.lower() in H5_SUFFIXES and not Path(path).is_dir()
 
 
 def _read_subjects(subjects, n):
@@ -177,7 +189,8 @@ def _check_n_rois(C, n_rois):
 
 def _load_array(path, layout, tr, n_rois):
     if path.suffix != ".npy":
-        raise ValueError(f"{path}: expected an .npy file (S, C, T) or a folder of per-scan files")
+        raise ValueError(f"{path}: expected an .npy file (S, C, T), an .h5 file in the authors' layout, "
+                         "or a folder of per-scan files")
     try:
         arr = np.load(path, mmap_mode="r")
     except Exception as e:  # truncated/corrupt/not-an-npy: say which file
@@ -300,18 +313,8 @@ def _check_scans(data, names):
     for s0 in range(0, S, step):
         x = np.asarray(data[s0:s0 + step])                                 # (b, C, T) stored dtype
         nan = np.isnan(x)
-        first = nan[:, 0, :]                                               # (b, T) ROI 0 defines length
-        n = np.where(first.any(1), first.argmax(1), T)                    # (b,)
+        n = _roi0_lengths(nan[:, 0, :], s0, names)                         # (b,) ROI 0 defines length
         valid = np.arange(T)[None, :] < n[:, None]                         # (b, T)
-        if (n == 0).any():
-            j = np.flatnonzero(n == 0)[0]
-            raise ValueError(f"{_name(s0 + j, names)} is all NaN: no valid time points (the valid length "
-                             "is the index of the first NaN in the scan's first ROI)")
-        gap = ~first & ~valid                                              # values after the padding began
-        if gap.any():
-            j, t = np.argwhere(gap)[0]
-            raise ValueError(f"{_name(s0 + j, names)}: NaN in the middle of the scan (ROI 0 is NaN at time "
-                             f"{n[j]} but has values again at time {t}); only end padding may be NaN")
         bad = nan & valid[:, None, :]                                      # (b, C, T)
         n_bad = bad.sum(-1)                                                # (b, C)
         whole = n_bad == n[:, None]                                        # no coverage at all: allowed
@@ -329,6 +332,23 @@ def _check_scans(data, names):
         progress.update(s0 + len(x))
     _check_lengths(lengths, names)
     return lengths, zeroed
+
+
+def _roi0_lengths(first, s0, names):
+    """Valid lengths (b,) of scans s0.. from the NaN mask (b, T) of their first ROI: the index of the
+    first NaN (SPEC §1). Raises on an all-NaN scan and on values after the padding began."""
+    T = first.shape[1]
+    n = np.where(first.any(1), first.argmax(1), T)                        # (b,)
+    if (n == 0).any():
+        j = np.flatnonzero(n == 0)[0]
+        raise ValueError(f"{_name(s0 + j, names)} is all NaN: no valid time points (the valid length "
+                         "is the index of the first NaN in the scan's first ROI)")
+    gap = ~first & (np.arange(T)[None, :] >= n[:, None])                   # values after the padding began
+    if gap.any():
+        j, t = np.argwhere(gap)[0]
+        raise ValueError(f"{_name(s0 + j, names)}: NaN in the middle of the scan (ROI 0 is NaN at time "
+                         f"{n[j]} but has values again at time {t}); only end padding may be NaN")
+    return n
 
 
 def _check_lengths(lengths, names, resampled=False):
@@ -658,204 +678,6 @@ def group_fc(scans, max_scans=None, seed=0) -> np.ndarray:
     return fc
 
 
-# ----------------------------------------------------------------------------------------------
-# Synthetic cohort
-
-SYNTH_VERSION = 2   # bump whenever the generator changes: cached cohorts with another version are rebuilt
-LABELS = ("sz", "mdd", "asd", "sex", "age")
-# Each label acts through two between-network couplings (network ids of the default map:
-# 0 Vis 1 SomMot 2 DorsAttn 3 SalVentAttn 4 Limbic 5 Cont 6 Default 7 Subcortical 8 Cerebellum).
-_EFFECT_PAIRS = {"sz": [(5, 6), (3, 7)], "mdd": [(4, 6), (4, 7)], "asd": [(3, 6), (0, 1)],
-                 "sex": [(1, 2), (0, 6)], "age": [(2, 5), (6, 8)]}
-
-
-def _hrf(tr=TR, length=32.0):
-    """Canonical double-gamma haemodynamic response sampled every `tr` seconds, unit sum."""
-    from scipy.stats import gamma
-    t = np.arange(0, length, tr)
-    h = gamma.pdf(t, 6) - gamma.pdf(t, 16) / 6
-    return h / h.sum()
-
-
-def _simulate(rng, A, lengths, roi_net, loading, noise_std):
-    """BOLD-like ROI series for scans with network couplings A (S, N, N) -> (S, C, Tmax) float32, NaN-padded.
-
-    Network latents follow z_t = A z_{t-1} + e_t (e ~ N(0, I)); each network also has J-1 sub-network
-    sources u, independent AR(1) with coefficient 0.5. ROI c reads loading[s, c, 0]·z_{net(c)} +
-    sum_j loading[s, c, j]·u_{net(c), j} plus its own white noise (loading (S, C, J), per scan); the
-    sum is convolved with the HRF; then a random DC offset per ROI and a random scale per scan (what
-    z-scoring removes)."""
-    from scipy.signal import lfilter
-    S, N, _ = A.shape
-    C, Tmax, burn, J = len(roi_net), int(lengths.max()), 50, loading.shape[-1]
-    h = _hrf()
-    T = Tmax + burn + len(h)
-    z = rng.standard_normal((S, N))
-    lat = np.empty((S, N, T), dtype=np.float32)
-    for t in range(T):
-        z = np.einsum("sij,sj->si", A, z) + rng.standard_normal((S, N))
-        lat[:, :, t] = z
-    lat /= lat.std(axis=(0, 2), keepdims=True)                               # unit-variance latents
-    sub = lfilter([1.0], [1.0, -0.5], rng.standard_normal((S, N, J - 1, T)), axis=-1)
-    sub = (sub / sub.std(axis=-1, keepdims=True)).astype(np.float32)          # (S, N, J-1, T)
-    x = loading[:, :, :1] * lat[:, roi_net, :]                               # (S, C, T+)
-    x += np.einsum("scj,scjt->sct", loading[:, :, 1:], sub[:, roi_net])
-    x += noise_std * rng.standard_normal(x.shape, dtype=np.float32)
-    x = lfilter(h, [1.0], x, axis=-1)[:, :, -Tmax:].astype(np.float32)     # drop burn-in and filter warm-up
-    x *= rng.uniform(0.5, 2.0, (S, 1, 1)).astype(np.float32)
-    x += rng.normal(0, 5.0, (S, C, 1)).astype(np.float32)
-    return np.where(np.arange(Tmax) < lengths[:, None, None], x, np.nan)
-
-
-def make_synthetic_cohort(out_dir, n_pretrain_subjects=200, scans_per_subject=2, n_probe=300,
-                          length_range=(120, 300), seed=0, network_map=None, effect=0.09,
-                          noise_std=2.0, sub_sources=2, topography=0.5) -> Path:
-    """Write a synthetic cohort in the file formats a user brings (see load_scans):
-
-      pretrain.npy (+ pretrain_subjects.txt)  (n_pretrain_subjects·scans_per_subject, C, T) float16
-      probe.npy    (+ probe_subjects.txt)     (n_probe, C, T) float16, one scan per subject
-      probe_labels.csv                        subject,sz,mdd,asd,sex,age (rows in probe.npy order)
-      network_map.txt                         the network id of every ROI, one per line
-      cohort.json                             the parameters (written last: marks a complete cohort)
-
-    Generative model (TR 2.0 s). Each subject has a network-level VAR(1) over the N networks,
-    A = 0.5·I + K_pop + F_subject + Σ_l effect·y_l·E_l + session noise: K_pop a shared symmetric
-    coupling matrix, F a subject-stable coupling fingerprint, and each label l (sz, mdd, asd, sex
-    as ±½, age standardised) changing two specific between-network couplings E_l. Labels act
-    there and nowhere else. Within each network, `sub_sources` further sources (independent
-    AR(1), coefficient 0.5) stand for its sub-systems. ROI series = loadings × (its network's latent,
-    its network's sub-sources) + ROI noise (ROI-level SNR ≈ 0.5), HRF-convolved, with random
-    per-ROI DC offsets and per-scan scales. Loadings are a population map plus a subject-stable
-    deviation (std `topography` on the sub-source loadings, 0.3·topography on the network latent):
-    individual functional topography, which real fMRI shows within networks and which makes a
-    subject's scans alike in what one network's ROIs do together. A VAR whose spectral radius
-    exceeds 0.95 is scaled back to 0.95. Scan lengths are uniform in length_range, NaN-padded to
-    the longest. Pretraining and probe subjects are disjoint ("preXXXX" vs "probeXXXX") draws from
-    one population (pretraining labels are not written). Labels are independent Bernoulli(½) (age
-    uniform 20-80 years); effects are weak on purpose (FC-baseline figures: BENCHMARKS.md).
-    Defaults take ~15 s on a laptop CPU and ~190 MB on disk.
-    """
-    if network_map is None:
-        from networks import default_network_map
-        network_map = default_network_map()
-    roi_net = np.asarray(network_map, dtype=np.int64)
-    N, C, J = int(roi_net.max()) + 1, len(roi_net), 1 + int(sub_sources)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-
-    def sym(a):   # symmetric, zero diagonal: couplings between networks only
-        a = np.triu(a, 1)
-        return a + np.swapaxes(a, -1, -2)
-
-    K_pop = sym(rng.normal(0, 0.06, (N, N)))
-    E = np.zeros((len(LABELS), N, N))
-    for li, l in enumerate(LABELS):
-        for a, b in _EFFECT_PAIRS[l]:
-            if a < N and b < N:   # a custom map with fewer networks keeps the effects that fit
-                E[li, a, b] = E[li, b, a] = 1.0
-    loading = np.column_stack([rng.uniform(0.6, 1.4, C), rng.normal(0, 0.5, (C, J - 1))])   # (C, J)
-    deviation = topography * np.r_[0.3, np.ones(J - 1)]                                     # (J,)
-
-    def cohort(n_subj, per, prefix):
-        age = rng.uniform(20, 80, n_subj)
-        y = np.column_stack([rng.integers(0, 2, (n_subj, 4)), age])            # (n, 5)
-        coded = np.column_stack([y[:, :4] - 0.5, (age - 50) / 17.3])           # ±½, standardised age
-        F = sym(rng.normal(0, 0.04, (n_subj, N, N)))
-        A_subj = 0.5 * np.eye(N) + K_pop + F + effect * np.einsum("sl,lij->sij", coded, E)
-        A = np.repeat(A_subj, per, axis=0) + sym(rng.normal(0, 0.015, (n_subj * per, N, N)))
-        radius = np.abs(np.linalg.eigvals(A)).max(-1)
-        A *= np.minimum(1.0, 0.95 / radius)[:, None, None]                     # keep every VAR stable
-        topo = loading + deviation * rng.standard_normal((n_subj, C, J))       # (n, C, J) per subject
-        topo = np.repeat(topo, per, axis=0).astype(np.float32)                 # (n·per, C, J) per scan
-        lengths = rng.integers(length_range[0], length_range[1] + 1, n_subj * per)
-        x = np.empty((len(A), C, length_range[1]), dtype=np.float16)            # (S, C, T)
-        for i in range(0, len(A), 64):   # chunks keep the float32 intermediates small
-            xi = _simulate(rng, A[i:i + 64], lengths[i:i + 64], roi_net, topo[i:i + 64], noise_std)
-            x[i:i + 64] = np.nan
-            x[i:i + 64, :, :xi.shape[-1]] = xi
-        ids = [f"{prefix}{i:04d}" for i in range(n_subj)]
-        return x, [s for s in ids for _ in range(per)], y
-
-    x, subj, _ = cohort(n_pretrain_subjects, scans_per_subject, "pre")
-    np.save(out_dir / "pretrain.npy", x)
-    (out_dir / "pretrain_subjects.txt").write_text("\n".join(subj) + "\n")
-    x, subj, y = cohort(n_probe, 1, "probe")
-    np.save(out_dir / "probe.npy", x)
-    (out_dir / "probe_subjects.txt").write_text("\n".join(subj) + "\n")
-    rows = ["subject," + ",".join(LABELS)]
-    rows += [f"{s}," + ",".join(str(int(v)) for v in r[:4]) + f",{r[4]:.1f}" for s, r in zip(subj, y)]
-    (out_dir / "probe_labels.csv").write_text("\n".join(rows) + "\n")
-    (out_dir / "network_map.txt").write_text("\n".join(map(str, roi_net)) + "\n")
-    params = dict(version=SYNTH_VERSION, n_pretrain_subjects=n_pretrain_subjects,
-                  scans_per_subject=scans_per_subject, n_probe=n_probe, length_range=list(length_range),
-                  seed=seed, n_rois=C, n_networks=N, effect=effect, noise_std=noise_std,
-                  sub_sources=sub_sources, topography=topography)
-    (out_dir / "cohort.json").write_text(json.dumps({"synthetic": True, **params}, indent=1) + "\n")
-    return out_dir
-
-
-SYNTH_FILES = ("pretrain.npy", "pretrain_subjects.txt", "probe.npy", "probe_subjects.txt",
-               "probe_labels.csv", "network_map.txt", "cohort.json")   # cohort.json last: completeness mark
-
-
-def default_synthetic_dir() -> Path:
-    """`synthetic/` in the repository (git-ignored)."""
-    return Path(__file__).resolve().parent / "synthetic"
-
-
-def _synthetic_problem(d, expect):
-    """Why the cohort in `d` cannot be reused (None when it can)."""
-    try:
-        meta = json.loads((d / "cohort.json").read_text())
-    except (OSError, ValueError):
-        return "not generated yet" if not d.exists() else "cohort.json missing or unreadable"
-    if any(meta.get(k) != v for k, v in expect.items()):
-        return "generated with other parameters"
-    try:
-        S = expect["n_pretrain_subjects"] * expect["scans_per_subject"]
-        for name, n in (("pretrain", S), ("probe", expect["n_probe"])):
-            x = np.load(d / f"{name}.npy", mmap_mode="r")
-            if x.shape[:2] != (n, meta["n_rois"]) or len((d / f"{name}_subjects.txt").read_text().split()) != n:
-                return f"{name} files do not match cohort.json"
-        if len((d / "probe_labels.csv").read_text().splitlines()) != expect["n_probe"] + 1:
-            return "probe_labels.csv does not match cohort.json"
-    except (OSError, ValueError) as e:
-        return f"unreadable files ({e})"
-    return None
-
-
-def ensure_synthetic_cohort(directory=None, **kwargs) -> Path:
-    """The synthetic cohort's folder, generated on first use (a few seconds) and reused after.
-
-    kwargs go to make_synthetic_cohort; the cohort is regenerated when files are missing, corrupt,
-    or were made with other parameters. Files are built in a temporary folder and moved into place,
-    so concurrent callers never read a half-written cohort."""
-    if "network_map" in kwargs:
-        raise TypeError("ensure_synthetic_cohort uses the default network map; call make_synthetic_cohort "
-                        "for another one")
-    d = Path(directory) if directory is not None else default_synthetic_dir()
-    defaults = {k: p.default for k, p in inspect.signature(make_synthetic_cohort).parameters.items()
-                if k not in ("out_dir", "network_map")}
-    expect = {**defaults, **kwargs, "version": SYNTH_VERSION}
-    expect["length_range"] = list(expect["length_range"])
-    problem = _synthetic_problem(d, expect)
-    if problem:
-        print(f"[data] generating the SYNTHETIC cohort in {d} ({problem}) ...", file=sys.stderr, flush=True)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d))
-        try:
-            make_synthetic_cohort(tmp, **kwargs)
-            for f in SYNTH_FILES:
-                os.replace(tmp / f, d / f)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print(f"[data] using SYNTHETIC data (simulated, not real fMRI) from {d}: "
-          f"{expect['n_pretrain_subjects']} pretraining subjects x {expect['scans_per_subject']} scans, "
-          f"{expect['n_probe']} probe subjects with simulated sz/mdd/asd/sex/age labels", file=sys.stderr, flush=True)
-    return d
-
-
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) > 1:
@@ -863,10 +685,4 @@ if __name__ == "__main__":
         print(f"{sc.source}: {len(sc)} scans, {sc.n_subjects} subjects, {sc.n_rois} ROIs, valid lengths "
               f"{sc.lengths.min()}-{sc.lengths.max()} (median {int(np.median(sc.lengths))}) at TR 2.0 s")
     else:
-        t0 = time.time()
-        d = ensure_synthetic_cohort()
-        for name in ("pretrain", "probe"):
-            sc = load_scans(d / f"{name}.npy")
-            print(f"{name}: {len(sc)} scans, {sc.n_subjects} subjects, {sc.n_rois} ROIs, "
-                  f"lengths {sc.lengths.min()}-{sc.lengths.max()}")
-        print(f"({time.time() - t0:.1f} s)")
+        print("usage: python data.py path/to/data [tr]   (the built-in synthetic cohort: python synthetic.py)")

@@ -1,0 +1,208 @@
+"""The authors' HDF5 datasets, read as they are and streamed (SPEC §1, §2).
+
+The authors' code keeps a dataset in one HDF5 file (their data/dataset.py reads it, their
+example.ipynb writes one):
+
+    timeseries/schaefer400   (S, 400, T)  Schaefer-400, 7-network order    float16 in their files
+    timeseries/tian3         (S, 50, T)   Tian subcortex S3
+    timeseries/buckner7      (S, 7, T)    Buckner cerebellum
+    long_subject_id          (S,)         subject id per scan (bytes; ints work too)
+    ts_len                   (S,)         optional: valid length per scan
+    sex_bi, age, labels/sex  (S,)         labels: every other dataset of one value per scan
+
+The three atlases are concatenated in that order into the default 457 ROIs (SPEC §2). Shorter scans
+are NaN-padded at the end as in an .npy: the valid length is the index of the first NaN of ROI 0,
+capped by ts_len when the file has one. Nothing is read whole: `H5Array` stands in for the (S, C, T)
+array and reads only the scans asked for; valid lengths come from ROI 0 alone, in chunks. Unlike an
+.npy, the other ROIs are not scanned for stray NaN/inf (that would read the whole file); like the
+authors' code, z-scoring turns a NaN inside a scan into 0. `tr=` resampling builds the result in RAM.
+
+data.load_scans dispatches .h5/.hdf5 files to `load_h5`; probe.py reads labels with `read_label`.
+
+    python h5data.py dataset.h5     # describe a file: atlases, scans, lengths, label datasets
+"""
+import math
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+import data
+
+ATLASES = ("schaefer400", "tian3", "buckner7")   # concatenation order (SPEC §2)
+NOT_LABELS = ("timeseries", "long_subject_id", "ts_len")
+
+
+class H5Array:
+    """The three atlas datasets as one lazily read (S, C, T) array, concatenated along ROIs.
+
+    Serves what data.py asks of Scans.data: `.shape`, `.dtype`, `len()`, and indexing whose first
+    index picks scans (an int, a slice, or an array of indices; further indices apply to the
+    (ROI, time) block read). h5py needs increasing indices, so an index array is sorted and
+    de-duplicated for the read and the rows are put back in the order asked."""
+
+    def __init__(self, file, datasets):
+        self.file, self.datasets = file, datasets        # the open file keeps the datasets readable
+        S, _, T = datasets[0].shape
+        self.shape = (S, sum(d.shape[1] for d in datasets), T)
+        self.dtype = np.result_type(*(d.dtype for d in datasets))
+        self.ndim = 3
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:].astype(dtype or self.dtype, copy=False)   # np.asarray(...): reads every scan
+
+    def __getitem__(self, key):
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        one = isinstance(rows, (int, np.integer))
+        idx = np.arange(self.shape[0])[rows]                      # int, slice, list, mask -> indices
+        x = self._read(np.atleast_1d(idx))                        # (n, C, T)
+        return x[0][rest] if one else x[(slice(None),) + rest]
+
+    def _read(self, idx):
+        """Scans idx (n,) -> (n, C, T) in the stored dtype, read in increasing order."""
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        if len(uniq) == 0:
+            return np.empty((0,) + self.shape[1:], dtype=self.dtype)
+        # consecutive scans: one hyperslab, much faster in h5py than a list of points
+        sel = slice(int(uniq[0]), int(uniq[-1]) + 1) if uniq[-1] - uniq[0] + 1 == len(uniq) else uniq
+        x = np.concatenate([d[sel] for d in self.datasets], axis=1)   # (u, C, T)
+        return x if np.array_equal(uniq, idx) else x[inverse]
+
+
+def _open(path):
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read as an HDF5 file ({e})") from None
+
+
+def _atlases(f, path):
+    """The three atlas datasets, checked: present, (S, C, T) floats, one S and T for all."""
+    group = f.get("timeseries")
+    found = sorted(group) if isinstance(group, h5py.Group) else []
+    missing = [a for a in ATLASES if not isinstance(f.get(f"timeseries/{a}"), h5py.Dataset)]
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join('timeseries/' + a for a in missing)}; the authors' layout "
+                         f"holds timeseries/schaefer400, timeseries/tian3 and timeseries/buckner7, each (scans, ROIs, "
+                         f"time) (found in timeseries/: {', '.join(found) if found else 'nothing'})")
+    sets = [f[f"timeseries/{a}"] for a in ATLASES]
+    for a, d in zip(ATLASES, sets):
+        if d.ndim != 3 or not np.issubdtype(d.dtype, np.floating):
+            raise ValueError(f"{path}: timeseries/{a} must be a 3-D float array (scans, ROIs, time); "
+                             f"got shape {d.shape}, dtype {d.dtype}")
+        if (d.shape[0], d.shape[2]) != (sets[0].shape[0], sets[0].shape[2]):
+            raise ValueError(f"{path}: timeseries/{a} has shape {d.shape} but timeseries/{ATLASES[0]} has "
+                             f"{sets[0].shape}; all atlases need the same scans and time points")
+    return sets
+
+
+def _lengths(first_atlas, ts_len):
+    """Valid lengths (S,) from ROI 0 of the first atlas, read in ~64 MB chunks, capped by ts_len."""
+    S, _, T = first_atlas.shape
+    lengths = np.empty(S, dtype=np.int64)
+    step = max(1, (64 << 20) // (T * 4))
+    progress = data._Progress(S, "reading scan lengths", min_total=math.inf)   # shown after 2 s
+    for s0 in range(0, S, step):
+        first = np.isnan(first_atlas[s0:s0 + step, 0, :])                   # (b, T) ROI 0 only
+        lengths[s0:s0 + len(first)] = data._roi0_lengths(first, s0, None)
+        progress.update(s0 + len(first))
+    return lengths if ts_len is None else np.minimum(lengths, ts_len)
+
+
+def _per_scan(f, name, S, path):
+    """Dataset `name` (None when absent) as a 1-D array; raises unless it has one value per scan."""
+    ds = f.get(name)
+    if ds is None:
+        return None
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or len(ds) != S:
+        shape = ds.shape if isinstance(ds, h5py.Dataset) else "a group"
+        raise ValueError(f"{path}: '{name}' has shape {shape} but the file has {S} scans; it needs exactly one "
+                         f"value per scan, in scan order")
+    return ds[()]
+
+
+def _as_text(v):
+    """One stored value -> str (None for a non-finite float): bytes decoded, 3.0 -> "3"."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace").strip()
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, float):
+        return None if not math.isfinite(v) else str(int(v)) if v.is_integer() else repr(v)
+    return str(v).strip()
+
+
+def load_h5(path, tr=None, n_rois=None, need_ids=True) -> data.Scans:
+    """An .h5 file in the authors' layout -> data.Scans whose data is an H5Array (or, with tr, the
+    resampled scans in RAM). n_rois: the network map's length, checked. need_ids: require
+    long_subject_id (False when the caller supplies the ids)."""
+    path = Path(path)
+    f = _open(path)
+    try:
+        sets = _atlases(f, path)
+        x = H5Array(f, sets)
+        S, C, _ = x.shape
+        if n_rois is not None and C != int(n_rois):
+            parts = " + ".join(f"{a} {d.shape[1]}" for a, d in zip(ATLASES, sets))
+            raise ValueError(f"{path}: the atlases give {C} ROIs ({parts}) but the network map has {int(n_rois)} "
+                             f"entries; the map needs one network id per ROI of {', '.join(ATLASES)}, in this "
+                             f"order (the default map is the authors' 400 + 50 + 7 = 457)")
+        ids = _per_scan(f, "long_subject_id", S, path)
+        if ids is None and need_ids:
+            raise ValueError(f"{path}: no 'long_subject_id' dataset (one subject id per scan); add one, or pass "
+                             f"the ids as a text file (--subjects, one per line)")
+        ts_len = _per_scan(f, "ts_len", S, path)
+        lengths = _lengths(sets[0], None if ts_len is None else ts_len.astype(np.int64))
+        data._check_lengths(lengths, None)
+        if tr is not None:
+            x, lengths = data._resample_array(x, lengths, tr)
+            data._check_lengths(lengths, None, resampled=True)
+            f.close()
+    except BaseException:
+        f.close()
+        raise
+    return data.Scans(data=x, lengths=lengths, subjects=[] if ids is None else [_as_text(v) for v in ids],
+                      source=str(path.resolve()), key=data._file_key([path], "h5", tr))
+
+
+def label_names(path, n_scans) -> list:
+    """Datasets of `path` usable as labels: one value per scan, outside timeseries/ (their full
+    names, e.g. "sex_bi" or "labels/sex")."""
+    names = []
+
+    def visit(name, obj):
+        if (isinstance(obj, h5py.Dataset) and name.split("/")[0] not in NOT_LABELS
+                and obj.ndim == 1 and len(obj) == n_scans):
+            names.append(name)
+
+    with _open(path) as f:
+        f.visititems(visit)
+    return names
+
+
+def read_label(path, name, n_scans) -> list:
+    """Label dataset `name` of `path` -> one str per scan (None where a float is NaN)."""
+    with _open(path) as f:
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset) or name.split("/")[0] in NOT_LABELS:
+            available = label_names(path, n_scans)
+            raise ValueError(f"unknown task '{name}': {path} has no such label dataset; available: "
+                             + (", ".join(available) if available else
+                                "none (no dataset of one value per scan besides long_subject_id; pass --labels)"))
+        if ds.ndim != 1 or len(ds) != n_scans:
+            raise ValueError(f"{path}: label dataset '{name}' has {len(ds) if ds.ndim == 1 else ds.shape} values "
+                             f"but the file has {n_scans} scans; a label needs exactly one value per scan, in scan order")
+        return [_as_text(v) for v in ds[()]]
+
+
+if __name__ == "__main__":
+    sc = data.load_scans(sys.argv[1])
+    print(f"{sc.source}: {len(sc)} scans, {sc.n_subjects} subjects, {sc.n_rois} ROIs "
+          f"({' + '.join(f'{a} {d.shape[1]}' for a, d in zip(ATLASES, sc.data.datasets))}), "
+          f"{sc.data.dtype}, valid lengths {sc.lengths.min()}-{sc.lengths.max()}")
+    print(f"labels: {', '.join(label_names(sys.argv[1], len(sc))) or 'none'}")
