@@ -1,8 +1,10 @@
 """Linear probing of a frozen Brain-Semantoks teacher: how a pretrained model is judged (SPEC §9).
 
     python probe.py --ckpt runs/demo/teacher.pt --task sz                   # built-in synthetic cohort
+    python probe.py --ckpt runs/demo/teacher.pt --task all                  # every label: one table, probe_all.*
     python probe.py --ckpt teacher.pt --data scans.npy --labels labels.csv --task age --bins 3
     python probe.py --ckpt teacher.pt --data derivatives/xcpd/ --labels participants.tsv --task dx
+    python probe.py --ckpt teacher.pt --data ukb.h5 --task sex_bi          # the authors' layout, its own labels
 
 Features: every scan gives 8 evenly spaced crops (data.probe_crops); each crop goes through the frozen
 teacher's `features()` (mean of the N·P output tokens ‖ CLS, 2D values). Features are cached on disk
@@ -15,7 +17,9 @@ split. The regularisation strength is picked on val; val and test scores are the
 mean ± std. The same splits also score two baselines: functional connectivity (Fisher-z Pearson
 correlations over the whole scan, one sample per scan) and a randomly initialised encoder of the
 checkpoint's config. Outputs: a table on stdout, probe_<task>.json (every split's numbers) and
-probe_<task>.png next to the checkpoint.
+probe_<task>.png next to the checkpoint. --task all probes every label column (or .h5 label dataset)
+with features extracted once: one task x method table with teacher − baseline differences on the same
+splits, probe_all.json and probe_all.png (a column that cannot be probed is skipped, with the reason).
 
 Labels: a CSV/TSV with one column per task ("", NA, n/a, nan = missing: that scan is dropped for
 that task). With a `subject` (or `subject_id`, `participant_id`) column, rows are matched to scans
@@ -24,6 +28,8 @@ files, X_subjects.txt beside X.npy, or --subjects); for an array without ids, ro
 order and the subject column says which scans belong to one subject. Without a subject column,
 rows are scans in order. Classification when the values are at most 10 distinct integers or
 strings, regression otherwise (--task-type overrides; --bins k makes k quantile classes).
+An .h5 dataset in the authors' layout (h5data.py) carries its labels: without --labels, --task names
+one of its datasets of one value per scan (e.g. sex_bi, labels/sex); --labels still works and wins.
 """
 import argparse
 import csv
@@ -47,6 +53,9 @@ from threadpoolctl import threadpool_limits
 import torch
 
 import data
+import networks
+import runtime
+import synthetic as synth   # (`synthetic` names a flag below)
 from checkpoint import load_teacher
 from encoder import Encoder
 
@@ -58,6 +67,7 @@ MISSING = {"", "na", "nan", "n/a", "none", "null", "?"}
 METRICS = {"classification": ("balanced_accuracy", "auroc"), "regression": ("mae", "r2", "pearson_r")}
 PRIMARY = {"classification": "balanced_accuracy", "regression": "r2"}    # higher is better
 METHOD_TITLES = {"teacher": "pretrained teacher", "random": "random-init encoder", "fc": "FC (Fisher-z)"}
+ALL = "all"                           # --task all: every label column in one run (run_all)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,6 +139,17 @@ def scan_labels(header, rows, task, scan_subjects, data_has_ids):
         raise ValueError(f"the labels file has {len(rows)} rows but there are {n} scans; {how}")
     subjects = [r[sub_col] for r in rows] if sub_col is not None else list(scan_subjects)
     return [value(r) for r in rows], subjects, notes
+
+
+def task_labels(task, labels_path, scans, has_ids):
+    """Raw label per scan (None = missing), subject id per scan and notes for `task`: from the labels
+    file, or (labels_path None) from the label datasets of the .h5 file the scans came from."""
+    if labels_path is None:
+        from h5data import read_label   # h5py only for .h5 data
+        values = read_label(scans.source, task, len(scans))
+        return [None if v is None or v.lower() in MISSING else v for v in values], list(scans.subjects), []
+    header, rows = read_labels(labels_path)
+    return scan_labels(header, rows, task, list(scans.subjects), has_ids)
 
 
 @dataclass
@@ -409,17 +430,20 @@ class Progress:
             print(msg, file=sys.stderr, flush=True)
 
 
-def encoder_features(encoder, scans, n_crops=8, batch_size=64, device="cpu", label="features"):
+def encoder_features(encoder, scans, n_crops=8, batch_size=64, device="cpu", label="features", precision="auto"):
     """Frozen features of every probe crop -> (S, n_crops, 2D) float32.
 
-    Batched under inference_mode, bf16 autocast on CUDA."""
+    Batched under inference_mode. precision: fp32, bf16 (autocast), or auto = runtime.resolve_precision
+    (bf16 on CUDA and on CPUs with native bf16). The features are returned as float32 either way."""
     encoder = encoder.to(device).eval()
     per_batch = max(1, batch_size // n_crops)                      # scans per forward
     S, D2 = len(scans), 2 * encoder.config.dim
     out = np.empty((S, n_crops, D2), dtype=np.float32)
     progress = Progress(label, S * n_crops)
     dev = torch.device(device)
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+    if precision == "auto":
+        precision = runtime.resolve_precision(precision, dev)[0]
+    with torch.inference_mode(), runtime.autocast(dev, precision):
         for s0 in range(0, S, per_batch):
             idx = np.arange(s0, min(S, s0 + per_batch))
             crops = data.probe_crops(scans, idx, encoder.config.crop_len, n_crops, dev)  # (s, n_crops, C, T')
@@ -519,6 +543,72 @@ def paired_differences(results, kind):
     return out
 
 
+SHORT_TITLES = {"teacher": "teacher", "random": "random enc.", "fc": "FC"}
+
+
+def _fmt_paired(q, kind):
+    scale, d = (100, 1) if kind == "classification" else (1, 3)
+    return f"{scale * q['mean']:+.{d}f} ± {scale * q['std']:.{d}f} ({q['teacher_better']}/{q['repeats']})"
+
+
+def format_all_table(tasks):
+    """--task all: one row per task, mean ± std per method, then teacher − each baseline on the same
+    splits with the number of splits the teacher wins. tasks: {name: run_all's per-task dict}."""
+    methods = list(next(iter(tasks.values()))["methods"])
+    baselines = [m for m in methods if m != "teacher"]
+    rows = [["task", "metric"] + [SHORT_TITLES[m] for m in methods]
+            + [f"teacher − {SHORT_TITLES[b]}" for b in baselines if "teacher" in methods]]
+    for name, t in tasks.items():
+        m = t["metric"]
+        row = [name, METRIC_TITLES[m]]
+        row += [_fmt(t["methods"][k]["summary"][m]["mean"], t["methods"][k]["summary"][m]["std"], m) for k in methods]
+        row += [_fmt_paired(t["teacher_minus_baseline"][b][m], t["kind"]) for b in t["teacher_minus_baseline"]]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def plot_all(tasks, path, title):
+    """--task all: a dot plot, one row per task, the methods side by side (mean ± std over repeats);
+    balanced accuracy (chance marked) on the left, R² of regression tasks on the right."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = [(k, [n for n, t in tasks.items() if t["kind"] == k]) for k in ("classification", "regression")]
+    groups = [(k, names) for k, names in groups if names]
+    heights = [len(names) + 0.6 for _, names in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, 0.9 + 0.42 * sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (kind, names) in zip(axes[:, 0], groups):
+        methods = list(tasks[names[0]]["methods"])
+        scale = 100 if kind == "classification" else 1
+        for j, meth in enumerate(methods):
+            y = np.arange(len(names))[::-1] + (len(methods) - 1 - 2 * j) * 0.12
+            s = [tasks[n]["methods"][meth]["summary"][tasks[n]["metric"]] for n in names]
+            ax.errorbar([scale * v["mean"] for v in s], y, xerr=[scale * v["std"] for v in s], fmt="o", ms=5,
+                        capsize=2, color=f"C{j}", label=METHOD_TITLES[meth])
+        if kind == "classification":
+            for i, n in enumerate(names):
+                chance = 100 / len(tasks[n]["classes"])
+                ax.plot([chance, chance], [len(names) - 1 - i - 0.4, len(names) - 1 - i + 0.4], color="grey", lw=1,
+                        ls="--", label="chance" if i == 0 else None)
+        for i in range(len(names) - 1):
+            ax.axhline(i + 0.5, color="0.9", lw=0.8, zorder=0)
+        ax.set_yticks(np.arange(len(names))[::-1], names, fontsize=9)
+        ax.set_ylim(-0.6, len(names) - 0.4)
+        ax.set_xlabel("balanced accuracy (%), test subjects" if kind == "classification" else "R², test subjects",
+                      fontsize=9)
+        ax.grid(axis="x", color="0.92")
+    axes[0, 0].legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
+    fig.suptitle(title, fontsize=9, y=0.995)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_results(results, task, path, title):
     """Bar chart (mean ± std over repeats) per method; confusion matrix of the teacher for classes."""
     import matplotlib
@@ -567,15 +657,11 @@ def plot_results(results, task, path, title):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Linear-probe a pretrained Brain-Semantoks teacher (SPEC §9).")
     p.add_argument("--ckpt", required=True, help="teacher.pt written by train.py")
-    p.add_argument("--task", required=True, help="column of the labels file to predict")
-    p.add_argument("--data", help="scans: .npy (S, C, T) or a folder of per-scan .npy/.csv/.tsv files "
-                                  "(default: the built-in synthetic probe cohort)")
-    p.add_argument("--labels", help="CSV/TSV, one column per task; optional subject/participant_id column")
-    p.add_argument("--layout", default="SCT", choices=["SCT", "STC"],
-                   help="axis order of a .npy array (default %(default)s)")
-    p.add_argument("--tr", type=float, help="repetition time of the data in s (resampled to 2.0 s)")
-    p.add_argument("--subjects", help="text file, one subject id per scan (default: BIDS names of a folder's "
-                                      "files, or X_subjects.txt beside X.npy)")
+    p.add_argument("--task", required=True, help="column of the labels file to predict, or 'all': every column "
+                                                 "in one table (probe_all.json, probe_all.png)")
+    add_data_arguments(p)
+    p.add_argument("--labels", help="CSV/TSV, one column per task; optional subject/participant_id column "
+                                    "(default for an .h5: its own label datasets, e.g. --task sex_bi)")
     p.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"],
                    help="auto: classes when at most 10 distinct integer/string values, else regression "
                         "(default %(default)s)")
@@ -584,14 +670,81 @@ def parse_args(argv=None):
     p.add_argument("--seeds", help="comma-separated split seeds (overrides --repeats)")
     p.add_argument("--split", default="4:1:8", help="train:val:test ratio over subjects (default %(default)s)")
     p.add_argument("--baselines", default="fc,random", help="comma list of fc, random; or none (default %(default)s)")
-    p.add_argument("--crops", type=int, default=8, help="evenly spaced crops per scan (default %(default)s)")
-    p.add_argument("--batch-size", type=int, help="crops per forward pass (default 64 on CPU, 512 on CUDA)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--max-iter", type=int, default=1000, help="LogisticRegression iterations (default %(default)s)")
     p.add_argument("--cache-dir", help="feature cache (default: <ckpt dir>/.feature_cache)")
     p.add_argument("--no-cache", action="store_true", help="always extract features, write no cache")
-    p.add_argument("--out", help="results JSON (default: <ckpt dir>/probe_<task>.json); the PNG goes beside it")
+    p.add_argument("--out", help="results JSON (default: <ckpt dir>/probe_<task>.json, probe_all.json for --task "
+                                 "all); the PNG goes beside it")
     return p.parse_args(argv)
+
+
+def add_data_arguments(p):
+    """The options probe.py and embed.py share: the model's map, the data, crops, device."""
+    p.add_argument("--networks", default="default",
+                   help="ROI -> network map; applies only to a checkpoint in the authors' format (ours carry their "
+                        "own): 'default' (the 457-ROI layout, SPEC §2) or a file with one network id per ROI")
+    p.add_argument("--data", help="scans: .npy (S, C, T), a folder of per-scan .npy/.csv/.tsv files, or an .h5 in "
+                                  "the authors' layout (default: the built-in synthetic probe cohort)")
+    p.add_argument("--layout", default="SCT", choices=["SCT", "STC"],
+                   help="axis order of a .npy array (default %(default)s)")
+    p.add_argument("--tr", type=float, help="repetition time of the data in s (resampled to 2.0 s)")
+    p.add_argument("--subjects", help="text file, one subject id per scan (default: BIDS names of a folder's "
+                                      "files, X_subjects.txt beside X.npy, or an .h5's long_subject_id)")
+    p.add_argument("--crops", type=int, default=8, help="evenly spaced crops per scan (default %(default)s)")
+    p.add_argument("--batch-size", type=int, help="crops per forward pass (default 64 on CPU, 512 on CUDA)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="auto", choices=list(runtime.PRECISIONS),
+                   help="feature extraction: bf16 autocast on CUDA and on CPUs with native bf16 (auto), "
+                        "fp32, or bf16 (default %(default)s)")
+
+
+def check_data_arguments(args):
+    """Errors in the shared options that need no file."""
+    if args.crops < 1:
+        raise ValueError("--crops must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    if args.data is None and args.subjects is not None:
+        raise ValueError("--subjects describes --data; the synthetic probe cohort carries its own ids")
+
+
+def resolve_device(name):
+    """--device -> a torch device string; "auto" is CUDA when there is one."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}, but this machine has no CUDA device (use --device cpu)")
+    return device
+
+
+def load_model(ckpt, networks_spec="default"):
+    """The frozen teacher and its meta; --networks other than "default" is handed to the loader (it
+    maps an authors' checkpoint, and must equal the map one of ours carries)."""
+    if networks_spec == "default":
+        return load_teacher(ckpt)
+    return load_teacher(ckpt, network_map=networks.load_network_map(networks_spec))
+
+
+def load_data(args, n_rois):
+    """--data (or, without it, the built-in synthetic probe cohort) -> (scans, data path, synthetic,
+    has_ids). n_rois: the length of the model's network map, which the data must match. has_ids: the
+    scans carry subject ids from the data (file names, X_subjects.txt, --subjects, an .h5)."""
+    synthetic = args.data is None
+    if synthetic:
+        folder = Path(synth.ensure_synthetic_cohort())
+        data_path = folder / "probe.npy"
+        print(f"No --data given: using the built-in SYNTHETIC probe cohort in {folder} (simulated subjects never "
+              f"seen in pretraining). Its numbers check the pipeline; they say nothing about real brains.")
+    else:
+        data_path = Path(args.data)
+    scans = data.load_scans(data_path, layout=args.layout, tr=args.tr, subjects=args.subjects)
+    has_ids = (data_path.is_dir() or args.subjects is not None or data.is_h5(data_path)
+               or data_path.with_name(data_path.stem + "_subjects.txt").exists())
+    if scans.n_rois != n_rois:
+        raise ValueError(f"the data have {scans.n_rois} ROIs but the checkpoint's network map has {n_rois} "
+                         f"entries; the data must use the atlas (ROI set and order) the model was pretrained on"
+                         + (" (the built-in synthetic cohort has the default 457 ROIs: pass --data)"
+                            if synthetic else ""))
+    return scans, data_path, synthetic, has_ids
 
 
 def _options(args):
@@ -616,51 +769,61 @@ def _options(args):
     bad = [b for b in baselines if b not in ("fc", "random")]
     if bad:
         raise ValueError(f"unknown baseline(s) {bad}; choose from fc, random, or none")
-    if args.crops < 1:
-        raise ValueError("--crops must be at least 1")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError("--batch-size must be at least 1")
+    check_data_arguments(args)
     if args.bins is not None and args.bins < 2:
         raise ValueError("--bins must be at least 2")
-    if (args.data is None) != (args.labels is None):
-        raise ValueError("--data and --labels go together (leave both out for the synthetic probe cohort)")
-    if args.data is None and args.subjects is not None:
-        raise ValueError("--subjects describes --data; the synthetic probe cohort carries its own ids")
+    if args.task == ALL and args.task_type != "auto":
+        raise ValueError("--task all decides each column's type itself (--bins k still bins the continuous ones); "
+                         "--task-type applies to a single task")
+    if (args.data is None) != (args.labels is None) and not (args.data and data.is_h5(args.data)):
+        raise ValueError("--data and --labels go together (leave both out for the synthetic probe cohort; "
+                         "an .h5 file in the authors' layout carries its own labels)")
     return ratios, seeds, baselines
 
 
-def run(args):
+@dataclass
+class Setup:
+    """What every task of one probe.py run shares: options, the frozen model, the data, the labels."""
+    ratios: tuple
+    seeds: list
+    baselines: list
+    device: str
+    ckpt: Path
+    encoder: Encoder
+    meta: dict
+    scans: "data.Scans"
+    data_path: Path
+    synthetic: bool
+    has_ids: bool
+    labels_path: Path = None          # None: the .h5's own label datasets
+    precision: str = "fp32"
+    precision_reason: str = ""
+
+
+def prepare(args):
+    """Options, model, data and labels path of a run -> Setup (every error before any work)."""
     ratios, seeds, baselines = _options(args)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}, but this machine has no CUDA device (use --device cpu)")
+    device = resolve_device(args.device)
     ckpt = Path(args.ckpt)
-    encoder, meta = load_teacher(ckpt)
-    network_map = meta["network_map"].numpy()
+    encoder, meta = load_model(ckpt, args.networks)
+    scans, data_path, synthetic, has_ids = load_data(args, len(meta["network_map"]))
+    labels_path = (data_path.with_name("probe_labels.csv") if synthetic
+                   else Path(args.labels) if args.labels else None)
+    precision, why = runtime.resolve_precision(args.precision, device)
+    return Setup(ratios, seeds, baselines, device, ckpt, encoder, meta, scans, data_path, synthetic, has_ids,
+                 labels_path, precision, why)
 
-    synthetic = args.data is None
-    if synthetic:
-        folder = Path(data.ensure_synthetic_cohort())
-        data_path, labels_path = folder / "probe.npy", folder / "probe_labels.csv"
-        print(f"No --data given: using the built-in SYNTHETIC probe cohort in {folder} (simulated subjects never "
-              f"seen in pretraining). Its numbers check the pipeline; they say nothing about real brains.")
-    else:
-        data_path, labels_path = Path(args.data), Path(args.labels)
-    scans = data.load_scans(data_path, layout=args.layout, tr=args.tr, subjects=args.subjects)
-    # ids come from file names (folder), X_subjects.txt beside X.npy, or --subjects (data.load_scans)
-    has_ids = (data_path.is_dir() or args.subjects is not None
-               or data_path.with_name(data_path.stem + "_subjects.txt").exists())
-    if scans.n_rois != len(network_map):
-        raise ValueError(f"the data have {scans.n_rois} ROIs but the checkpoint's network map has {len(network_map)} "
-                         f"entries; probe data must use the atlas (ROI set and order) the model was pretrained on"
-                         + (" (the built-in synthetic cohort has the default 457 ROIs: pass --data and --labels)"
-                            if synthetic else ""))
 
-    header, rows = read_labels(labels_path)
-    values, subjects, notes = scan_labels(header, rows, args.task, list(scans.subjects), has_ids)
-    task = make_task(args.task, values, subjects, args.task_type, args.bins)
+def load_task(setup, name, task_type="auto", bins=None):
+    """One label column (or .h5 label dataset) -> a splittable Task."""
+    values, subjects, notes = task_labels(name, setup.labels_path, setup.scans, setup.has_ids)
+    task = make_task(name, values, subjects, task_type, bins)
     task.notes[:0] = notes
-    check_splittable(task, ratios)
+    check_splittable(task, setup.ratios)
+    return task
+
+
+def describe_task(task, args, seeds):
     what = (f"classes {', '.join(task.classes)} (subjects per class: "
             f"{', '.join(str(k) for k in np.bincount(task.y, minlength=len(task.classes)))})"
             if task.kind == "classification" else f"target mean {task.y.mean():.3g}, std {task.y.std():.3g}")
@@ -673,10 +836,16 @@ def run(args):
     print(f"  splits: subjects train/val/test {args.split}{strat}, "
           f"{len(seeds)} repeats (seeds {', '.join(map(str, seeds))})")
 
+
+def features(args, setup):
+    """Per-scan features of the teacher and the baselines -> {method: (S, K, F)}; encoder features
+    come from (and go to) the on-disk cache."""
     cache_dir = (None if args.no_cache else Path(args.cache_dir) if args.cache_dir
-                 else ckpt.resolve().parent / ".feature_cache")
+                 else setup.ckpt.resolve().parent / ".feature_cache")
+    device, precision, scans = setup.device, setup.precision, setup.scans
+    print(f"  features: {'bf16 autocast' if precision == 'bf16' else 'fp32'} on {device} ({setup.precision_reason})")
     common = dict(data=scans.key, crops=args.crops,
-                  crop_len=encoder.config.crop_len, bf16=device.startswith("cuda"), version=1)
+                  crop_len=setup.encoder.config.crop_len, precision=precision, version=1)
 
     def cache_path(**model):
         key = hashlib.sha1(json.dumps({**common, **model}, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -684,27 +853,40 @@ def run(args):
 
     def extract(enc, label):
         batch = args.batch_size or (512 if device.startswith("cuda") else 64)
-        return lambda: encoder_features(enc, scans, args.crops, batch, device, label)
+        return lambda: encoder_features(enc, scans, args.crops, batch, device, label, precision)
 
-    feats = {"teacher": cached(cache_path(model=_file_id(ckpt)), extract(encoder, "teacher features"))}
-    if "random" in baselines:
-        model_id = dict(model="random", seed=0, config=meta["encoder_config"], torch=torch.__version__,
-                        map=hashlib.sha1(network_map.tobytes()).hexdigest())
+    # the map is part of the model: --networks can map one authors' checkpoint in several ways
+    network_map = setup.meta["network_map"].numpy()
+    map_id = hashlib.sha1(network_map.tobytes()).hexdigest()
+    feats = {"teacher": cached(cache_path(model=_file_id(setup.ckpt), map=map_id),
+                               extract(setup.encoder, "teacher features"))}
+    if "random" in setup.baselines:
+        model_id = dict(model="random", seed=0, config=setup.meta["encoder_config"], torch=torch.__version__,
+                        map=map_id)
         feats["random"] = cached(cache_path(**model_id),
-                                 extract(random_encoder(encoder, network_map), "random-encoder features"))
-    if "fc" in baselines:
+                                 extract(random_encoder(setup.encoder, network_map), "random-encoder features"))
+    if "fc" in setup.baselines:
         feats["fc"] = fc_features(scans)
+    return feats
 
+
+def probe_methods(feats, task, setup, max_iter, verbose=True):
+    """run_probe for every method on the same splits -> {method: run_probe result}."""
     results = {}
     for name, f in feats.items():
         t0 = time.time()
-        results[name] = run_probe(f, task, seeds, ratios, args.max_iter)
+        results[name] = run_probe(f, task, setup.seeds, setup.ratios, max_iter)
         bad = sum(r["unconverged_fits"] for r in results[name]["repeats"])
-        print(f"  probed {METHOD_TITLES[name]} in {time.time() - t0:.1f} s"
-              + (f" ({bad} fit(s) hit --max-iter {args.max_iter})" if bad else ""))
+        if verbose or bad:
+            print(f"  probed {METHOD_TITLES[name]} in {time.time() - t0:.1f} s"
+                  + (f" ({bad} fit(s) hit --max-iter {max_iter})" if bad else ""))
+    return results
 
-    cohort = "SYNTHETIC probe cohort" if synthetic else str(data_path)
-    print(f"\n{task.name} on {cohort}: test subjects, mean ± std over {len(seeds)} repeats")
+
+def print_results(task, results, setup):
+    """The method x metric table and the paired differences of one task -> the paired differences."""
+    cohort = "SYNTHETIC probe cohort" if setup.synthetic else str(setup.data_path)
+    print(f"\n{task.name} on {cohort}: test subjects, mean ± std over {len(setup.seeds)} repeats")
     print(format_table(results, task.kind))
     paired = paired_differences(results, task.kind)
     m = PRIMARY[task.kind]
@@ -713,26 +895,99 @@ def run(args):
         d = 1 if scale > 1 else 3
         print(f"teacher − {METHOD_TITLES[name]}, {METRIC_TITLES[m]} on the same splits: {scale * q['mean']:+.{d}f} "
               f"± {scale * q['std']:.{d}f} (teacher better in {q['teacher_better']}/{q['repeats']})")
+    return paired
+
+
+def run_config(args, setup):
+    """The settings every report records (JSON)."""
+    return {"ckpt": str(setup.ckpt.resolve()), "ckpt_step": setup.meta.get("step"),
+            "data": str(setup.data_path.resolve()), "labels": str((setup.labels_path or setup.data_path).resolve()),
+            "layout": args.layout, "tr": args.tr, "task_type": args.task_type, "bins": args.bins,
+            "split": list(setup.ratios), "seeds": setup.seeds, "crops": args.crops,
+            "crop_len": setup.encoder.config.crop_len, "device": setup.device, "precision": setup.precision,
+            "precision_reason": setup.precision_reason, "encoder_config": setup.meta["encoder_config"],
+            "C_grid": C_GRID.tolist(), "alpha_grid": ALPHA_GRID.tolist(), "max_iter": args.max_iter}
+
+
+def task_summary(task):
+    return {"kind": task.kind, "classes": task.classes, "n_subjects": len(task.y), "n_scans": int(len(task.scans)),
+            "n_missing": task.n_missing, "notes": task.notes}
+
+
+def run(args):
+    """One task -> its report (table on stdout, probe_<task>.json and .png); --task all: run_all."""
+    setup = prepare(args)
+    if args.task == ALL:
+        return run_all(args, setup)
+    task = load_task(setup, args.task, args.task_type, args.bins)
+    describe_task(task, args, setup.seeds)
+    results = probe_methods(features(args, setup), task, setup, args.max_iter)
+    paired = print_results(task, results, setup)
 
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task.name)
-    out = Path(args.out) if args.out else ckpt.resolve().parent / f"probe_{safe}.json"
+    out = Path(args.out) if args.out else setup.ckpt.resolve().parent / f"probe_{safe}.json"
     report = {
-        "task": task.name, "kind": task.kind, "classes": task.classes, "synthetic": synthetic,
-        "config": {"ckpt": str(ckpt.resolve()), "ckpt_step": meta.get("step"), "data": str(data_path.resolve()),
-                   "labels": str(labels_path.resolve()), "layout": args.layout, "tr": args.tr,
-                   "task_type": args.task_type, "bins": args.bins, "split": list(ratios), "seeds": seeds,
-                   "crops": args.crops, "crop_len": encoder.config.crop_len, "device": device,
-                   "encoder_config": meta["encoder_config"], "C_grid": C_GRID.tolist(),
-                   "alpha_grid": ALPHA_GRID.tolist(), "max_iter": args.max_iter,
-                   "n_subjects": len(task.y), "n_scans": int(len(task.scans)), "n_missing": task.n_missing,
-                   "notes": task.notes},
+        "task": task.name, "kind": task.kind, "classes": task.classes, "synthetic": setup.synthetic,
+        "config": {**run_config(args, setup), "n_subjects": len(task.y), "n_scans": int(len(task.scans)),
+                   "n_missing": task.n_missing, "notes": task.notes},
         "std": "over repeats, ddof 0", "methods": results, "teacher_minus_baseline": paired,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite(report), indent=1))
     png = out.with_suffix(".png")
-    plot_results(results, task, png, f"{task.name} ({'synthetic' if synthetic else data_path.name}), "
-                                     f"{len(seeds)} repeats")
+    plot_results(results, task, png, f"{task.name} ({'synthetic' if setup.synthetic else setup.data_path.name}), "
+                                     f"{len(setup.seeds)} repeats")
+    print(f"\nwrote {out} and {png}")
+    return report
+
+
+def label_columns(setup):
+    """Every task a run with --task all probes: the labels file's columns but the subject column, or
+    the .h5 file's label datasets."""
+    if setup.labels_path is None:
+        from h5data import label_names
+        return label_names(setup.scans.source, len(setup.scans))
+    header, _ = read_labels(setup.labels_path)
+    return [h for h in header if h.lower() not in SUBJECT_COLUMNS]
+
+
+def run_all(args, setup):
+    """--task all: every label column, features extracted once, one task x method table,
+    probe_all.json and probe_all.png. A column that cannot be probed is skipped with the reason."""
+    names = label_columns(setup)
+    if not names:
+        raise ValueError(f"--task all: {setup.labels_path or setup.data_path} has no label columns")
+    print(f"Tasks: {', '.join(names)} ({len(setup.seeds)} repeats of {args.split} subject splits each)")
+    feats = features(args, setup)
+    tasks, skipped = {}, {}
+    for name in names:
+        try:
+            task = load_task(setup, name)
+            if args.bins is not None and task.kind == "regression":     # --bins: continuous columns only
+                task = load_task(setup, name, bins=args.bins)
+        except ValueError as e:
+            skipped[name] = str(e)
+            print(f"  skipped '{name}': {e}")
+            continue
+        t0 = time.time()
+        results = probe_methods(feats, task, setup, args.max_iter, verbose=False)
+        tasks[name] = {**task_summary(task), "metric": PRIMARY[task.kind], "methods": results,
+                       "teacher_minus_baseline": paired_differences(results, task.kind)}
+        print(f"  {name}: {task.kind}, {len(task.y)} subjects, probed in {time.time() - t0:.1f} s")
+    if not tasks:
+        raise ValueError("--task all: no label column could be probed (reasons above)")
+    cohort = "SYNTHETIC probe cohort" if setup.synthetic else str(setup.data_path)
+    print(f"\nEvery task on {cohort}: test subjects, mean ± std over {len(setup.seeds)} repeats; "
+          f"teacher − baseline on the same splits (teacher better in k of n)")
+    print(format_all_table(tasks))
+    out = Path(args.out) if args.out else setup.ckpt.resolve().parent / "probe_all.json"
+    report = {"task": ALL, "synthetic": setup.synthetic, "config": run_config(args, setup),
+              "std": "over repeats, ddof 0", "tasks": tasks, "skipped": skipped}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_finite(report), indent=1))
+    png = out.with_suffix(".png")
+    plot_all(tasks, png, f"every task ({'synthetic' if setup.synthetic else setup.data_path.name}), "
+                         f"{len(setup.seeds)} repeats, mean ± std")
     print(f"\nwrote {out} and {png}")
     return report
 

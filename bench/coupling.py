@@ -1,8 +1,8 @@
 """Does a checkpoint's encoder carry between-network coupling? Teacher vs a random encoder.
 
-The built-in cohort's labels act only through couplings between networks (data.make_synthetic_cohort),
-so a teacher whose probe features hold none of that cannot beat a random encoder on those labels,
-however well it tells subjects apart. This measures it directly, on the probe crops (SPEC §9):
+The built-in cohort's `mech_between` label (synthetic.py; in cohort v2 every label) acts only through
+couplings between networks, so a teacher whose probe features hold none of that cannot beat a random
+encoder on it, however well it tells subjects apart. This measures it directly, on the probe crops (SPEC §9):
 
   token -> patch mean    each network token (B, N, P, D) of the tokenizer, decoding its own
                          network's mean signal over the patch: the building block of any coupling;
@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint  # noqa: E402
 import data  # noqa: E402
 import probe  # noqa: E402
+import synthetic  # noqa: E402
 from encoder import Encoder  # noqa: E402
 
 
@@ -111,7 +112,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     teacher, meta = checkpoint.load_teacher(args.ckpt)
     net_of = meta["network_map"].numpy()
-    path = args.data or str(data.ensure_synthetic_cohort() / "probe.npy")
+    path = args.data or str(synthetic.ensure_synthetic_cohort() / "probe.npy")
     scans = data.load_scans(path, n_rois=len(net_of))
     k = min(args.scans, len(scans))
     if k < 10:   # 5 folds grouped by scan need a few scans in each
@@ -137,7 +138,7 @@ def main(argv=None):
             r2 = grouped_r2(feats, Y, groups)
             print(f"| {name:7s} | {case} | mean R² {r2.mean():.3f} | max {r2.max():.3f} over {len(r2)} edges |")
     if args.supervised:
-        train_path = args.train_data or str(data.ensure_synthetic_cohort() / "pretrain.npy")
+        train_path = args.train_data or str(synthetic.ensure_synthetic_cohort() / "pretrain.npy")
         print(f"supervised check: fresh encoder + linear head -> patch FC, trained on {train_path}")
         supervised_check(cfg, net_of, data.load_scans(train_path, n_rois=len(net_of)), crops.flatten(0, 1),
                          args.supervised)

@@ -1,5 +1,5 @@
 """Tests for data.py: loading, input errors, z-scoring, crops, augmentation, sampler resume,
-probe crops, FC, synthetic cohort (SPEC §1, §9).
+probe crops, FC (SPEC §1, §9). The synthetic cohort: test_synthetic.py.
 
     python -m pytest -q tests/test_data.py
 """
@@ -245,53 +245,6 @@ def test_scan_fc_and_group_fc_match_numpy():
     np.fill_diagonal(ref, 1)
     np.testing.assert_allclose(g, ref, atol=1e-5)
     assert data.group_fc(sc, max_scans=2).shape == (5, 5)
-
-
-def test_synthetic_cohort_files_labels_and_disjoint_subjects(tmp_path):
-    d = data.make_synthetic_cohort(tmp_path, n_pretrain_subjects=6, scans_per_subject=2, n_probe=8,
-                                   length_range=(40, 60), seed=1)
-    pre, probe = data.load_scans(d / "pretrain.npy"), data.load_scans(d / "probe.npy")
-    assert pre.data.dtype == np.float16 and pre.data.shape == (12, 457, 60) and probe.data.shape == (8, 457, 60)
-    assert pre.lengths.min() >= 40 and pre.lengths.max() <= 60 and np.isnan(pre.data[0, 0, pre.lengths[0]:]).all()
-    assert pre.subjects[:4] == ["pre0000", "pre0000", "pre0001", "pre0001"] and pre.n_subjects == 6
-    assert not set(pre.subjects) & set(probe.subjects)
-    rows = [r.split(",") for r in (d / "probe_labels.csv").read_text().split()]
-    assert rows[0] == ["subject", "sz", "mdd", "asd", "sex", "age"]
-    assert [r[0] for r in rows[1:]] == probe.subjects
-    assert all(r[i] in ("0", "1") for r in rows[1:] for i in range(1, 5))
-    assert all(20 <= float(r[5]) <= 80 for r in rows[1:])
-    assert len((d / "network_map.txt").read_text().split()) == 457
-
-
-def test_synthetic_subjects_have_a_within_network_fingerprint(tmp_path):
-    """Subject-stable topography: two scans of one subject share their within-network FC pattern
-    more than scans of different subjects; with topography=0 that fingerprint is gone."""
-    def gap(topography):
-        d = data.make_synthetic_cohort(tmp_path / str(topography), n_pretrain_subjects=6, scans_per_subject=2,
-                                       n_probe=2, length_range=(300, 300), seed=3, topography=topography)
-        fc = data.scan_fc(data.load_scans(d / "pretrain.npy"))                  # (12, C, C)
-        m = np.loadtxt(d / "network_map.txt", dtype=int)
-        i, j = np.triu_indices(len(m), 1)
-        w = fc[:, i[m[i] == m[j]], j[m[i] == m[j]]]                              # within-network edges
-        r = np.corrcoef(w)                                                      # (12, 12) scan x scan
-        same = np.kron(np.eye(6), np.ones((2, 2))).astype(bool) & ~np.eye(12, dtype=bool)
-        return r[same].mean() - r[~same & ~np.eye(12, dtype=bool)].mean()
-    with_topography, without = gap(0.5), gap(0.0)
-    assert with_topography > 0.05 > abs(without), (with_topography, without)
-
-
-def test_ensure_synthetic_cohort_reuses_and_repairs(tmp_path, capsys):
-    kw = dict(n_pretrain_subjects=4, scans_per_subject=2, n_probe=4, length_range=(30, 40))
-    d = data.ensure_synthetic_cohort(tmp_path / "syn", **kw)
-    assert "generating the SYNTHETIC cohort" in capsys.readouterr().err
-    before = (d / "probe.npy").stat().st_mtime_ns
-    data.ensure_synthetic_cohort(d, **kw)
-    err = capsys.readouterr().err
-    assert "generating" not in err and "SYNTHETIC" in err and (d / "probe.npy").stat().st_mtime_ns == before
-    (d / "pretrain.npy").write_bytes(b"garbage")
-    data.ensure_synthetic_cohort(d, **kw)
-    assert "unreadable" in capsys.readouterr().err and data.load_scans(d / "pretrain.npy").data.shape[0] == 8
-    assert not [p for p in d.iterdir() if p.name.startswith(".tmp")]
 
 
 # ---------------------------------------------------------------------------------------------- bad input

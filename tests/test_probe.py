@@ -9,6 +9,7 @@ import torch
 
 import data
 import probe
+import synthetic
 from checkpoint import save_teacher
 from encoder import Encoder, EncoderConfig
 
@@ -282,10 +283,49 @@ def test_row_space_fit_is_exact():
 
 
 def test_cli_synthetic_cohort_by_default(ckpt, tmp_path, monkeypatch, capsys):
-    folder = data.make_synthetic_cohort(tmp_path / "syn", n_pretrain_subjects=2, scans_per_subject=1, n_probe=40,
+    folder = synthetic.make_synthetic_cohort(tmp_path / "syn", n_pretrain_subjects=2, scans_per_subject=1, n_probe=40,
                                         length_range=(100, 120), network_map=NET_MAP)
-    monkeypatch.setattr(data, "ensure_synthetic_cohort", lambda: folder)
+    monkeypatch.setattr(synthetic, "ensure_synthetic_cohort", lambda: folder)
     rep = probe.main(["--ckpt", str(ckpt), "--task", "sz", "--repeats", "1", "--baselines", "none", "--no-cache",
                       "--out", str(tmp_path / "sz.json")])
     assert rep["synthetic"] and rep["config"]["n_subjects"] == 40            # ids matched via probe_subjects.txt
     assert "SYNTHETIC" in capsys.readouterr().out
+
+
+def test_cli_task_all_every_label_in_one_table(ckpt, tmp_path, monkeypatch, capsys):
+    folder = synthetic.make_synthetic_cohort(tmp_path / "syn", n_pretrain_subjects=2, scans_per_subject=1, n_probe=40,
+                                             length_range=(100, 120), network_map=NET_MAP)
+    monkeypatch.setattr(synthetic, "ensure_synthetic_cohort", lambda: folder)
+    extracted, real = [], probe.encoder_features
+    monkeypatch.setattr(probe, "encoder_features", lambda *a, **k: extracted.append(a[-1]) or real(*a, **k))
+    out = tmp_path / "all.json"
+    rep = probe.main(["--ckpt", str(ckpt), "--task", "all", "--repeats", "2", "--no-cache", "--max-iter", "100",
+                      "--out", str(out)])
+    printed = capsys.readouterr().out.splitlines()
+    assert json.loads(out.read_text())["tasks"].keys() == rep["tasks"].keys()
+    assert list(rep["tasks"]) == list(synthetic.LABELS) and not rep["skipped"]
+    assert len(extracted) == 2                                # teacher + random encoder, once for every task
+    header = next(line for line in printed if line.startswith("task "))
+    assert "teacher − random enc." in header and "teacher − FC" in header
+    for name, t in rep["tasks"].items():
+        assert set(t["methods"]) == {"teacher", "random", "fc"}
+        assert t["metric"] == ("r2" if name == "age" else "balanced_accuracy")
+        assert [r["seed"] for r in t["methods"]["fc"]["repeats"]] == [0, 1]
+        assert t["teacher_minus_baseline"]["fc"][t["metric"]]["repeats"] == 2
+        assert sum(line.split()[:1] == [name] for line in printed) == 1             # one table row per task
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_cli_task_all_bins_skips_and_errors(ckpt, tmp_path, capsys):
+    scans, labels = _cohort(tmp_path)
+    rows = labels.read_text().splitlines()
+    labels.write_text("\n".join([rows[0] + ",site"] + [r + ",A" for r in rows[1:]]) + "\n")   # one class only
+    rep = probe.main(["--ckpt", str(ckpt), "--data", str(scans), "--labels", str(labels), "--task", "all",
+                      "--bins", "3", "--repeats", "1", "--baselines", "none", "--no-cache", "--max-iter", "100",
+                      "--out", str(tmp_path / "all.json")])
+    assert list(rep["tasks"]) == ["dx", "age"] and rep["tasks"]["dx"]["classes"] == ["a", "b", "c"]
+    assert rep["tasks"]["age"]["kind"] == "classification" and len(rep["tasks"]["age"]["classes"]) == 3
+    assert "single class" in rep["skipped"]["site"] and "skipped 'site'" in capsys.readouterr().out
+    err = _error(["--ckpt", str(ckpt), "--data", str(scans), "--labels", str(labels), "--task", "all",
+                  "--task-type", "regression"], capsys)
+    assert "--task-type applies to a single task" in err
