@@ -20,7 +20,6 @@ the features of all crops are held once, S·n_crops·2D·4 bytes (2 GB for 40k s
 """
 import argparse
 import io
-import sys
 import time
 from pathlib import Path
 
@@ -91,7 +90,7 @@ def write_embeddings(out, feats, subjects) -> list:
 def run(args):
     probe.check_data_arguments(args)
     out = output_path(args)
-    device = probe.resolve_device(args.device)
+    device = str(runtime.resolve_device(args.device))
     encoder, meta = probe.load_model(args.ckpt, args.networks)
     scans, data_path, synthetic, _ = probe.load_data(args, len(meta["network_map"]))
     batch = args.batch_size or (512 if device.startswith("cuda") else 64)
@@ -110,12 +109,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except ValueError as e:
-        print(f"embed.py: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return probe.cli(run, parse_args(argv), "embed.py")
 
 
 if __name__ == "__main__":

@@ -708,14 +708,6 @@ def check_data_arguments(args):
         raise ValueError("--subjects describes --data; the synthetic probe cohort carries its own ids")
 
 
-def resolve_device(name):
-    """--device -> a torch device string; "auto" is CUDA when there is one."""
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}, but this machine has no CUDA device (use --device cpu)")
-    return device
-
-
 def load_model(ckpt, networks_spec="default"):
     """The frozen teacher and its meta; --networks other than "default" is handed to the loader (it
     maps an authors' checkpoint, and must equal the map one of ours carries)."""
@@ -803,7 +795,7 @@ class Setup:
 def prepare(args):
     """Options, model, data and labels path of a run -> Setup (every error before any work)."""
     ratios, seeds, baselines = _options(args)
-    device = resolve_device(args.device)
+    device = str(runtime.resolve_device(args.device))
     ckpt = Path(args.ckpt)
     encoder, meta = load_model(ckpt, args.networks)
     scans, data_path, synthetic, has_ids = load_data(args, len(meta["network_map"]))
@@ -1003,13 +995,17 @@ def _finite(obj):
     return obj
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def cli(run_fn, args, prog):
+    """Run a script's `run(args)`; a ValueError (bad input) is one line on stderr and exit code 2."""
     try:
-        return run(args)
+        return run_fn(args)
     except ValueError as e:
-        print(f"probe.py: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main(argv=None):
+    return cli(run, parse_args(argv), "probe.py")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 
 import data
 import embed
+from test_probe import _error as probe_error
 import synthetic
 from checkpoint import load_teacher, save_teacher
 from encoder import Encoder, EncoderConfig
@@ -106,12 +107,7 @@ def test_synthetic_cohort_by_default(ckpt, tmp_path, monkeypatch, capsys):
 
 
 def _error(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        embed.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
+    return probe_error(argv, capsys, embed.main)
 
 
 def test_user_errors(ckpt, npy, tmp_path, capsys):

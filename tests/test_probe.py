@@ -226,9 +226,10 @@ def test_cli_folder_of_tsv_files_several_scans_per_subject(ckpt, tmp_path, capsy
     assert "2 scan(s) dropped for a missing label" in capsys.readouterr().out
 
 
-def _error(argv, capsys):
+def _error(argv, capsys, main=None):
+    """Run a script's main (probe.py's by default) on bad input: exit code 2, no traceback -> stderr."""
     with pytest.raises(SystemExit) as e:
-        probe.main(argv)
+        (main or probe.main)(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
