@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from tokenizer import SemanticTokenizer
 
@@ -116,6 +117,10 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(D, config.heads, config.mlp_ratio, config.layerscale_init)
                                     for _ in range(config.depth))
         self.norm = nn.LayerNorm(D)
+        # activation checkpointing: keep only each block's input and recompute the block in the backward.
+        # A run-time choice (train.py --grad-checkpoint), not part of the architecture: at batch 512 the
+        # blocks' saved activations are most of a paper step's GPU memory
+        self.grad_checkpointing = False
         if config.init == "dino":  # "authors" keeps nn.Linear's default (uniform, fan-in scaled) init
             for mod in self.blocks.modules():
                 if isinstance(mod, nn.Linear):
@@ -136,8 +141,9 @@ class Encoder(nn.Module):
             z = torch.where(mask[..., None], self.mask_token.to(z.dtype), z)
         z = z + self.network_embed[:, None] + self.time_embed           # (B, N, P, D)
         z = torch.cat([self.cls_token.expand(B, -1, -1), z.reshape(B, N * P, D)], 1)  # (B, 1+N*P, D)
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.blocks:
-            z = blk(z)
+            z = checkpoint(blk, z, use_reentrant=False) if recompute else blk(z)
         z = self.norm(z)
         return z[:, 0], z[:, 1:]
 

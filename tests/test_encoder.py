@@ -153,3 +153,25 @@ def test_bad_input():
         enc(torch.randn(1, 4, 100))
     with pytest.raises(ValueError, match="not a positive multiple of the patch length"):
         enc(torch.randn(1, 3, 90))
+
+
+def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    cfg = EncoderConfig(dim=32, depth=3, heads=2, patch_len=10, crop_len=30)
+    enc = Encoder(cfg, np.repeat(np.arange(3), [4, 5, 2]))
+    x, mask = torch.randn(3, 11, 30), slice_mask(3, 3, 3)
+    runs, saved = [], []
+    for recompute in (False, True):
+        enc.grad_checkpointing = recompute
+        enc.zero_grad()
+        n = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: n.append(t.numel()) or t, lambda t: t):
+            cls, tok = enc(x, mask)
+        (cls.square().sum() + tok.sin().sum()).backward()
+        runs.append([cls, tok] + [p.grad.clone() for p in enc.parameters()])
+        saved.append(sum(n))
+    assert saved[1] < 0.5 * saved[0], saved        # the blocks' activations are no longer kept
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():   # feature extraction never recomputes: nothing is saved without gradients
+        torch.testing.assert_close(enc(x, mask)[0], runs[0][0].detach())
