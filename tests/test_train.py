@@ -16,6 +16,7 @@ import data
 import kernels
 import synthetic
 import train
+from conftest import script_env, use_test_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dim", "32", "--depth", "1", "--heads", "2", "--proj-hidden", "64", "--batch-size", "8",
@@ -116,12 +117,11 @@ def test_networks_from_data(small, tmp_path, capsys):
 
 
 def _cli(args, **kw):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["OMP_NUM_THREADS"] = "2"
-    return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], cwd=REPO,
+                            env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(small, tmp_path):
     steps = ["--steps", "6", "--ckpt-every", "3"]
     full = _cli(small_args(small, tmp_path / "full", *steps))
@@ -161,8 +161,7 @@ def _tiny_models():
 
 def _ddp_worker(rank, world, port, path):
     import torch.distributed as dist
-    kernels.set_enabled(False)
-    torch.set_num_threads(1)
+    use_test_settings(threads=1)                # a spawned process: conftest is not loaded; 1 thread per rank
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     student, teacher = _tiny_models()
     model = torch.nn.parallel.DistributedDataParallel(student)
@@ -200,6 +199,7 @@ def _spawn_bounded(worker, path, world=2, timeout=120, tries=2):
     pytest.fail(f"the {world}-process DDP run did not finish in {timeout} s, {tries} times")
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_double_batch(tmp_path):
     path = str(tmp_path / "rank0.pt")
     _spawn_bounded(_ddp_worker, path)
