@@ -12,6 +12,7 @@ regularisation on val, 10 repeats) on two model-free feature sets of the probe s
     python bench/cohort.py --effect-gain 0.2 --n-probe 300   # a fresh probe cohort with other sizes
 """
 import argparse
+import inspect
 import os
 import sys
 import tempfile
@@ -40,12 +41,20 @@ def acf_features(scans, lags=(1, 2, 3), chunk=64):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = inspect.signature(synthetic.make_synthetic_cohort).parameters
     for mech in synthetic.MECHANISMS:
-        p.add_argument(f"--effect-{mech}", type=float, help="generate a fresh probe cohort with this size")
-    p.add_argument("--n-probe", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=10)
+        p.add_argument(f"--effect-{mech}", type=float,
+                       help=f"generate a fresh probe cohort with this {mech} effect size instead of the "
+                            f"cohort's {defaults[f'effect_{mech}'].default}; the other sizes keep theirs")
+    p.add_argument("--n-probe", type=int, default=300,
+                   help="probe subjects of a fresh draw (default %(default)s, as the built-in cohort; fewer "
+                        "subjects make every figure noisier)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="cohort seed; any other than %(default)s draws a fresh probe cohort, to see how much "
+                        "the figures move between draws")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="subject splits per label, as probe.py --repeats (default %(default)s)")
     args = p.parse_args(argv)
     sizes = {f"effect_{m}": getattr(args, f"effect_{m}") for m in synthetic.MECHANISMS
              if getattr(args, f"effect_{m}") is not None}

@@ -11,8 +11,11 @@ encoder on it, however well it tells subjects apart. This measures it directly, 
   features -> patch FC   the same for the FC of the P patch means, which is all of the coupling that
                          products of tokens can hold (tokens summarise one network within one patch).
 
-R² is out-of-sample: ridge, 5 folds grouped by subject, the best of a ridge grid (the same grid for
-every encoder, so the comparison is fair; the absolute value is mildly optimistic). One line per case.
+R² is out-of-sample: ridge, 5 folds grouped by subject (all crops of all scans of a subject in one
+fold, so a feature that only recognises the subject earns nothing), the best of a ridge grid (the
+same grid for every encoder, so the comparison is fair; the absolute value is mildly optimistic).
+Subject ids come as in probe.py (an .npy's X_subjects.txt, a folder's BIDS names, --subjects).
+One line per case.
 
 --supervised K asks whether the architecture can learn coupling at all when told to (not part of the
 method): a fresh encoder of the checkpoint's config with a linear head on its probe features,
@@ -20,6 +23,7 @@ trained K steps to regress the patch FC of crops of --train-data, scored on the 
 
     python bench/coupling.py --ckpt teacher.pt                 # built-in synthetic probe cohort
     python bench/coupling.py --ckpt teacher.pt --data probe.npy --scans 300
+    python bench/coupling.py --ckpt teacher.pt --data scans.npy --subjects scans_subjects.txt
     python bench/coupling.py --ckpt teacher.pt --supervised 900
 """
 import argparse
@@ -58,6 +62,13 @@ def grouped_r2(X, Y, groups, alphas=np.logspace(0, 6, 13), folds=5):
         if best is None or r2.mean() > best.mean():
             best = r2
     return best
+
+
+def crop_groups(subjects, n_crops):
+    """Fold groups for the crops of scans with these subject ids: (len(subjects)·n_crops,) ints, equal
+    for every crop of every scan of one subject (scan-major, as crops.flatten(0, 1))."""
+    _, subject_of_scan = np.unique(np.asarray(subjects, dtype=str), return_inverse=True)
+    return np.repeat(subject_of_scan, n_crops)
 
 
 def network_fc(net):
@@ -104,28 +115,39 @@ def supervised_check(config, net_of, train_scans, test_crops, steps, batch_scans
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--data", default=None, help="probe scans (default: the built-in synthetic probe cohort)")
-    ap.add_argument("--scans", type=int, default=150, help="scans used (8 crops each)")
-    ap.add_argument("--supervised", type=int, default=0, metavar="K", help="also run the supervised check for K steps")
-    ap.add_argument("--train-data", default=None, help="its training scans (default: the built-in pretraining pool)")
+    ap.add_argument("--ckpt", required=True, help="teacher.pt written by train.py (or the authors' checkpoint)")
+    ap.add_argument("--data", default=None,
+                    help="probe scans, as probe.py --data (default: the built-in synthetic probe cohort); "
+                         "use scans the checkpoint was not trained on")
+    ap.add_argument("--subjects", default=None,
+                    help="text file, one subject id per scan: the folds keep each subject whole "
+                         "(default: as probe.py, e.g. X_subjects.txt beside X.npy, else one subject per scan)")
+    ap.add_argument("--scans", type=int, default=150,
+                    help="use the first N scans, 8 crops each (default %(default)s)")
+    ap.add_argument("--supervised", type=int, default=0, metavar="K",
+                    help="also train a fresh encoder + linear head for K steps to regress the patch FC "
+                         "(900 in BENCHMARKS.md; minutes on a CPU)")
+    ap.add_argument("--train-data", default=None,
+                    help="training scans of --supervised (default: the built-in pretraining pool)")
     args = ap.parse_args(argv)
     teacher, meta = checkpoint.load_teacher(args.ckpt)
     net_of = meta["network_map"].numpy()
     path = args.data or str(synthetic.ensure_synthetic_cohort() / "probe.npy")
-    scans = data.load_scans(path, n_rois=len(net_of))
+    scans = data.load_scans(path, n_rois=len(net_of), subjects=args.subjects)
     k = min(args.scans, len(scans))
-    if k < 10:   # 5 folds grouped by scan need a few scans in each
-        raise SystemExit(f"bench/coupling.py needs at least 10 scans, got {k} (from {path}, --scans {args.scans})")
+    groups = crop_groups(scans.subjects[:k], 8)                             # (k*8,) one group per subject
+    n_subjects = int(groups.max()) + 1
+    if n_subjects < 10:   # 5 folds grouped by subject need two subjects in each
+        raise SystemExit(f"bench/coupling.py needs at least 10 scans, got {k}, of at least 10 subjects, got "
+                         f"{n_subjects} (from {path}, --scans {args.scans})")
     cfg = teacher.config
     P = cfg.crop_len // cfg.patch_len
     crops = data.probe_crops(scans, np.arange(k), cfg.crop_len)            # (k, 8, C, T')
     N = int(net_of.max()) + 1
     net, patch = network_signals(crops, net_of, cfg.patch_len)              # (k, 8, N, T'), (k, 8, N, P)
-    groups = np.repeat(np.arange(k), 8)                                     # one group per scan
     targets = {"features -> crop FC": network_fc(net).reshape(k * 8, -1),
                "features -> patch FC": network_fc(patch).reshape(k * 8, -1)}
-    print(f"{path}: {k} scans x 8 crops; R² out of sample, ridge CV grouped by scan")
+    print(f"{path}: {k} scans of {n_subjects} subjects x 8 crops; R² out of sample, ridge CV grouped by subject")
     for name, enc in [("teacher", teacher), ("random", probe.random_encoder(teacher, net_of))]:
         with torch.inference_mode():
             batches = crops.flatten(0, 1).split(64)

@@ -3,10 +3,9 @@ scan through a frozen encoder, SPEC §9) for a preset on the current device.
 
 Random scans (C = 457, T = 200) and a randomly initialised encoder: throughput does not depend on
 the weights. The whole pipeline is timed (crop gathering and z-scoring included) after one untimed
-warm-up pass. Prints one Markdown table row; --append adds it to BENCHMARKS.md.
+warm-up pass. Prints one Markdown table row per precision (bench/report.py).
 
-    python bench/probe.py                         # paper preset, CPU: 32 scans = 256 crops
-    python bench/probe.py --append                # on a GPU: 512 scans = 4096 crops, bf16 autocast
+    python bench/probe.py                         # paper preset: CPU 32 scans = 256 crops; GPU 512 = 4096, bf16
     python bench/probe.py --preset demo --scans 64
     python bench/probe.py --precision fp32,bf16 --repeats 3   # side by side on a CPU with native bf16
 
@@ -64,7 +63,9 @@ def main(argv=None):
     add_common_args(ap)
     ap.add_argument("--scans", type=int, default=None, help="scans timed (8 crops each; default 32 CPU, 512 GPU)")
     ap.add_argument("--batch-size", type=int, default=None, help="crops per forward (default 64 CPU, 512 GPU)")
-    ap.add_argument("--repeats", type=int, default=1, help="timed passes per precision (median)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="timed passes per precision, the median reported (default %(default)s; take 3 or more "
+                         "on a shared machine)")
     ap.add_argument("--ckpt", action="append", default=[],
                     help="time these checkpoints' teachers instead of a random encoder (ours or the authors' "
                          "format; repeat the option to compare, e.g. an authors' .pth and its converted teacher.pt)")
@@ -86,7 +87,7 @@ def main(argv=None):
         dt = statistics.median(times[p])
         cols, mem = device_columns(device, args.no_kernels, precision=resolved)
         emit(f"| probe features | {args.preset} | B={B} crops | {cols} | {dt:.2f} s for {S * 8} crops | "
-             f"{S * 8 / dt:.1f} crops/s | {mem} |", args.append)
+             f"{S * 8 / dt:.1f} crops/s | {mem} |")
     if len(precs) > 1:
         print(f"medians, interleaved in one process: {medians_row(times)}")
 
@@ -108,7 +109,7 @@ def compare_checkpoints(args):
         dt = statistics.median(times[path])
         cols, mem = device_columns(device, args.no_kernels, precision=precision)
         emit(f"| probe features | {os.path.basename(path)} | B={B} crops | {cols} | {dt:.2f} s for {S * 8} crops | "
-             f"{S * 8 / dt:.1f} crops/s | {mem} |", args.append)
+             f"{S * 8 / dt:.1f} crops/s | {mem} |")
 
 
 if __name__ == "__main__":

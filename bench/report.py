@@ -1,10 +1,13 @@
-"""Shared by the bench scripts: how the device is described, how a result row is written, and
-the random scans they time on.
+"""Shared by the bench scripts: their common options, how the device is described, how a result
+row is printed, and the random scans they time on.
 
-Every row names the device (a CPU with its bf16 capability), precision, kernel path and peak
-memory, so rows from different machines in BENCHMARKS.md can be told apart. `--precision` takes
-a comma list (fp32,bf16): the scripts then time each precision in the same process, interleaved,
-so that load from other users of a shared machine hits both alike."""
+Every row names the device (a CPU with its bf16 capability), precision, kernel path, peak memory
+and the date, so that rows from different machines can be told apart. The rows are printed, not
+written into BENCHMARKS.md: its tables name the machine by a label ("dev-CPU (AMD Zen 4)") and
+each has its own columns and context, so a figure goes there by hand, with the command that
+produced it. `--precision` takes a comma list (fp32,bf16): the scripts then time each precision
+in the same process, interleaved, so that load from other users of a shared machine hits both
+alike."""
 import os
 import platform
 import resource
@@ -18,18 +21,22 @@ import torch
 import kernels
 import runtime
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "BENCHMARKS.md")
-
-
 def add_common_args(ap):
     """Options every bench script takes."""
-    ap.add_argument("--preset", default="paper", choices=["paper", "demo"])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-kernels", action="store_true")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--append", action="store_true", help="append the result row to BENCHMARKS.md")
+    ap.add_argument("--preset", default="paper", choices=["paper", "demo"],
+                    help="model size: paper (D 768, depth 8, what a GPU run trains) or demo (D 192, depth 4, "
+                         "the CPU quick start) (default %(default)s)")
+    ap.add_argument("--device", default="auto",
+                    help="auto (the GPU when there is one, else the CPU), cpu, cuda, cuda:1, ... (default %(default)s)")
+    ap.add_argument("--no-kernels", action="store_true",
+                    help="time the PyTorch reference paths instead of the Triton kernels (on a GPU; a CPU "
+                         "runs the reference paths either way)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's, one per core; on a busy 2-core machine 1 thread "
+                         "can be faster for tiny models, see BENCHMARKS.md)")
     ap.add_argument("--precision", default="auto", type=_precision_list,
-                    help="auto, fp32, bf16, or a comma list timed side by side, e.g. fp32,bf16 (default auto)")
+                    help="auto, fp32, bf16, or a comma list timed side by side in one process, e.g. fp32,bf16 "
+                         "(default auto: bf16 autocast on a GPU or a CPU with native bf16, else fp32)")
 
 
 def setup(args):
@@ -106,10 +113,6 @@ def medians_row(times):
     return "; ".join(parts)
 
 
-def emit(row, append):
-    """Print the row; with append, add it (dated) to BENCHMARKS.md as well."""
-    row = f"{row} {time.strftime('%Y-%m-%d')} |"
-    print(row)
-    if append:
-        with open(BENCHMARKS, "a") as f:
-            f.write(row + "\n")
+def emit(row):
+    """Print a result row with today's date as its last column."""
+    print(f"{row} {time.strftime('%Y-%m-%d')} |")

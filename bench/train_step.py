@@ -4,11 +4,11 @@ losses, backward, AdamW, EMA) for a preset and batch size on the current device.
 Inputs are random scans (S = 2·B, C = 457, T = 200) served by the real batch source, so data
 sampling and augmentation are part of the measured step. Reports the median step time over
 --steps steps after --warmup steps, samples/s and peak memory (GPU: max allocated; CPU: peak RSS
-of the process). Prints one Markdown table row; --append adds it to BENCHMARKS.md.
+of the process). Prints one Markdown table row per precision (bench/report.py).
 
     python bench/train_step.py --preset paper --batch-size 32            # the CPU target (≤ 5 s/step)
     python bench/train_step.py --preset paper --batch-size 32 --steps 3 --warmup 1 --precision fp32,bf16
-    python bench/train_step.py --preset paper --batch-size 512 --append  # the paper setting on a GPU
+    python bench/train_step.py --preset paper --batch-size 512           # the paper setting on a GPU
     python bench/train_step.py --preset paper --batch-size 512 --compile off   # eager, for comparison
     python bench/train_step.py --preset demo --profile                   # top ops by self time
 
@@ -94,9 +94,11 @@ def profile_table(tr, i, rows=25):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--batch-size", type=int, default=32,
+                    help="samples per step, two crops each (default %(default)s, the CPU target; 512 is the paper's)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps; the median is reported (default %(default)s)")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps first: allocator, autotuning and compilation settle (default %(default)s)")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                     help="torch.compile the forwards, as train.py --compile (auto: on for CUDA, off on CPU)")
     ap.add_argument("--default-malloc", action="store_true",
@@ -123,7 +125,7 @@ def main(argv=None):
                                    + (", compiled" if tr.compiled else ""), precision=tr.precision)
         mem = f"{peak[k] / 2**30:.1f} GiB GPU" if device.type == "cuda" else mem
         emit(f"| train step | {args.preset} | B={B} | {cols} | {med:.3f} s/step (median of {len(times[k])}) | "
-             f"{B / med:.1f} samples/s | {mem} |", args.append)
+             f"{B / med:.1f} samples/s | {mem} |")
     if len(trainers) > 1:
         print(f"medians, interleaved in one process: {medians_row(times)}")
 

@@ -1,7 +1,13 @@
-"""Test setup. The Triton interpreter must be switched on before any kernel module is imported,
-so that kernel parity tests run on a CPU. Everything else runs the PyTorch reference path by
-default (the interpreter is far too slow for whole models); kernel tests opt in with
-`kernels.enabled(True)`."""
+"""Test settings, in one place. The Triton interpreter must be switched on before any kernel module
+is imported, so that kernel parity tests run on a CPU. Everything else runs the PyTorch reference
+path by default (the interpreter is far too slow for whole models); kernel tests opt in with
+`kernels.enabled(True)`.
+
+Tests that train in a subprocess, run DDP or compile kernels are marked `slow`:
+
+    python -m pytest -q tests                    # everything (what the README runs)
+    python -m pytest -q tests -m "not slow"      # the fast subset, for a quick check while reading
+"""
 import os
 import sys
 
@@ -12,5 +18,29 @@ import torch  # noqa: E402
 
 import kernels  # noqa: E402
 
-kernels.set_enabled(False)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+THREADS = max(1, min(2, os.cpu_count() or 1))   # torch threads of the test process and of scripts it starts
+
+
+def use_test_settings(threads=THREADS):
+    """The in-process settings: the PyTorch reference paths (kernels off) and `threads` torch
+    threads. Applied below to the pytest process; a spawned worker (it does not load this file
+    through pytest) calls it itself."""
+    kernels.set_enabled(False)
+    torch.set_num_threads(threads)
+
+
+def script_env(threads=THREADS):
+    """The environment for a script the tests run as a subprocess: `threads` OpenMP threads (the
+    child does not inherit torch.set_num_threads) and no TRITON_INTERPRET, so that the script
+    chooses its kernel path as a user's run would (bench/gpu_check.py --dry-run sets it itself)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains in a subprocess, runs DDP or compiles kernels "
+                                       "(deselect with -m 'not slow')")
+
+
+use_test_settings()

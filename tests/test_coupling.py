@@ -82,3 +82,18 @@ def test_main_refuses_too_few_scans(tmp_path):
     ckpt, scans = _tiny_run(tmp_path)
     with pytest.raises(SystemExit, match="needs at least 10 scans, got 4"):
         main(["--ckpt", ckpt, "--data", scans, "--scans", "4"])
+
+
+def test_crop_groups_keep_every_scan_of_a_subject_together():
+    from bench.coupling import crop_groups
+    assert crop_groups(["b", "a", "b"], 2).tolist() == [1, 1, 0, 0, 1, 1]
+
+
+def test_main_groups_folds_by_subject_not_by_scan(tmp_path):
+    import pytest
+    from bench.coupling import main
+    ckpt, scans = _tiny_run(tmp_path)
+    subjects = tmp_path / "subjects.txt"                                   # 12 scans, 2 per subject
+    subjects.write_text("\n".join(f"s{i // 2}" for i in range(12)) + "\n")
+    with pytest.raises(SystemExit, match="of at least 10 subjects, got 6"):
+        main(["--ckpt", ckpt, "--data", scans, "--subjects", str(subjects)])

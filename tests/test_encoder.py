@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import networks
 from encoder import Attention, Encoder, EncoderConfig, sincos_embedding
 from masking import slice_mask
+from test_tokenizer import spec_tokenizer_parameters
 
 TINY = dict(dim=32, depth=2, heads=4, proj_hidden=64, proj_dim=16)
 
@@ -22,8 +23,17 @@ def test_paper_preset_parameter_counts():
     tok = sum(p.numel() for p in enc.tokenizer.parameters())
     total = sum(p.numel() for p in enc.parameters())
     msg = f"transformer blocks {blocks:,}, 9 tokenizers {tok:,}, total encoder {total:,}"
-    assert blocks == 56_696_832 and tok == 2_014_115, msg
-    assert total - blocks - tok == 2 * 768 + 768 + 768 + 9 * 768, msg   # final LN, CLS, mask, network emb
+    D, hidden = cfg.dim, cfg.mlp_ratio * cfg.dim
+    per_block = (2 * D                                                    # LayerNorm
+                 + 3 * D * D + D * D + D                                  # qkv (no bias), output projection
+                 + D                                                      # LayerScale
+                 + 2 * D                                                  # LayerNorm
+                 + D * hidden + hidden + hidden * D + D                   # MLP
+                 + D)                                                     # LayerScale
+    assert blocks == cfg.depth * per_block, msg
+    assert round(blocks / 1e6, 1) == 56.7, msg                            # SPEC §5: "≈ 56.7M"
+    assert tok == spec_tokenizer_parameters(networks.default_network_map(), D), msg
+    assert total - blocks - tok == 2 * D + D + D + enc.n_networks * D, msg   # final LN, CLS, mask, network emb
     print(msg)
 
 

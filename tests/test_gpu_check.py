@@ -13,15 +13,16 @@ import pytest
 import torch
 
 from bench import gpu_check
+from conftest import script_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_dry_run_passes_and_writes_every_section(tmp_path):
     out = tmp_path / "report.md"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "gpu_check.py"), "--dry-run", "--out", str(out)],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=tmp_path, env=script_env(threads=1), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = out.read_text()
     assert "DRY RUN" in report

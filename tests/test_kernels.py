@@ -281,12 +281,13 @@ def test_semantic_tokenizer_same_with_and_without_kernels():
 # ---------------------------------------------------------------------------------------------
 # GPU compilation without a GPU: the interpreter accepts things the compiler does not
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_kernels_compile_for_h100_bf16():
     """Every kernel, bf16 training path, GPU tiles, compiled to sm_90 cubin (shared memory checked)."""
+    from conftest import script_env
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, os.path.join(root, "bench", "kernels.py"), "--compile-check", "--dtype", "bf16"],
-                       env=env, capture_output=True, text=True, timeout=300)
+                       env=script_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count(" ok, ") == 6, r.stdout
 

@@ -98,12 +98,25 @@ def test_matches_literal_spec(net_map, dim, patch_len, T, n_scales, path):
         torch.testing.assert_close(g[name], g_ref[name], **tol["g"], msg=name)
 
 
+def spec_tokenizer_parameters(network_map, dim, n_scales=3):
+    """The parameter count SPEC §3 gives the N per-network tokenizers, from the map and D alone."""
+    half, total = dim // 2, 0
+    for R in np.bincount(network_map):
+        H = math.ceil(half / R)                                           # H_n heads
+        total += (R * 3 + 1) * half                                       # dense Conv1d(R_n → D/2, 3 taps)
+        total += n_scales * H * R * 4 + H * R                             # SGConv kernels + skip D
+        total += (H * R + 1) * half                                       # Linear(H_n·R_n → D/2)
+        total += 2 * dim                                                  # LayerNorm(D)
+    return total
+
+
 def test_default_map_shapes_and_parameter_count():
     tok = SemanticTokenizer(networks.default_network_map(), dim=768)
     n = sum(p.numel() for p in tok.parameters())
     assert tok.heads == (7, 5, 9, 9, 15, 8, 5, 8, 55)
     assert tok.n_taps == 16 and tok.n_networks == 9 and tok.n_rois == 457
-    assert n == 2_014_115, f"9 tokenizers have {n:,} parameters"
+    assert n == spec_tokenizer_parameters(networks.default_network_map(), 768), f"9 tokenizers have {n:,} parameters"
+    assert round(n / 1e6, 1) == 2.0                                       # SPEC §5: "the 9 tokenizers ≈ 2.0M"
     weight, bias = tok.effective_weights()
     assert weight.shape == (457, 16, 768) and bias.shape == (9, 768)
     z = SemanticTokenizer(networks.default_network_map(), dim=16)(torch.randn(2, 457, 100))
