@@ -4,6 +4,8 @@ Everything that depends on the machine rather than on the method lives here, so 
 probing and the benchmarks make the same choices:
 
 - `resolve_device("auto")`: CUDA when there is a GPU, else the CPU.
+- `setup_distributed(device)`: this process's rank, the world size (torchrun's environment) and its
+  device; joins the process group when there are several.
 - `cpu_bf16_feature()` / `cpu_has_native_bf16()`: does this CPU multiply bfloat16 natively
   (AVX512_BF16 or AMX-BF16)? Read from /proc/cpuinfo on Linux, from CPUID through torch's cpuinfo
   elsewhere; never guessed from the vendor or model name.
@@ -24,6 +26,7 @@ import sys
 import warnings
 
 import torch
+import torch.distributed as dist
 
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -45,6 +48,20 @@ def resolve_device(name="auto", local_rank=0) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} requested, but this machine has no CUDA device; use --device cpu")
     return device
+
+
+def setup_distributed(device_arg="auto"):
+    """-> (rank, world size, device) from torchrun's RANK / WORLD_SIZE / LOCAL_RANK (a plain run: 0, 1).
+    Each process takes GPU LOCAL_RANK under "auto"; several processes join one group (NCCL on CUDA,
+    gloo on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_arg, local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
 
 
 def _cpuinfo_flags(path="/proc/cpuinfo"):

@@ -1,4 +1,4 @@
-"""Benchmark one pretraining step (train.Trainer.step: both views through student and teacher,
+"""Benchmark one pretraining step (trainer.Trainer.step: both views through student and teacher,
 losses, backward, AdamW, EMA) for a preset and batch size on the current device.
 
 Inputs are random scans (S = 2·B, C = 457, T = 200) served by the real batch source, so data
@@ -31,7 +31,8 @@ import networks  # noqa: E402
 from bench.report import (add_common_args, device_columns, emit, medians_row,  # noqa: E402
                           random_scans, setup)
 from runtime import keep_freed_memory  # noqa: E402
-from train import Trainer, encoder_config, resolve_config  # noqa: E402
+from train import encoder_config, resolve_config  # noqa: E402
+from trainer import Trainer  # noqa: E402
 
 
 def make_trainer(preset, batch_size, device, precision="auto", compile="off", scans=None, network_map=None,

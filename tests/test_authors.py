@@ -12,8 +12,10 @@ import torch
 
 import checkpoint
 import networks
+import objective
 import synthetic
 import train
+import trainer
 from encoder import Encoder
 from test_train import run_main
 
@@ -82,7 +84,7 @@ def test_two_training_steps_equal_theirs(theirs, ref):
     cfg_e, m, states = checkpoint.import_authors(theirs)
     steps = ref["steps"]
     cfg = train.resolve_config({"batch_size": 3, "steps": 760, "precision": "fp32"})
-    tr = train.Trainer(cfg, cfg_e, m, None, 760, torch.device("cpu"))
+    tr = trainer.Trainer(cfg, cfg_e, m, None, 760, torch.device("cpu"))
     tr.student.double()
     tr.teacher.double()
     tr.init_from(states)
@@ -105,11 +107,11 @@ def test_two_training_steps_equal_theirs(theirs, ref):
 
 def test_every_parameter_is_weight_decayed_by_default():
     tiny = train.encoder_config(train.resolve_config({"preset": "demo", "dim": 32, "depth": 1, "heads": 2}))
-    net = train.build_models(tiny, networks.default_network_map(), 0)[0]
-    groups = train.param_groups(net)
+    net = objective.build_models(tiny, networks.default_network_map(), 0)[0]
+    groups = objective.param_groups(net)
     n_params = len(list(net.parameters()))
     assert len(groups[0]["params"]) == n_params and groups[1]["params"] == []
-    dino = train.param_groups(net, "dino")
+    dino = objective.param_groups(net, "dino")
     names = {id(p): n for n, p in net.named_parameters()}
     plain = {names[id(p)] for p in dino[1]["params"]}
     decayed = {names[id(p)] for p in dino[0]["params"]}
@@ -118,7 +120,7 @@ def test_every_parameter_is_weight_decayed_by_default():
     assert {"encoder.cls_token", "encoder.mask_token", "encoder.network_embed", "encoder.tokenizer.norm_weight",
             "encoder.tokenizer.dense_bias", "head.fc1.bias"} <= plain
     with pytest.raises(ValueError, match="unknown weight-decay policy 'none'"):
-        train.param_groups(net, "none")
+        objective.param_groups(net, "none")
 
 
 # ----------------------------------------------------------------------------- bad files, clear errors

@@ -14,6 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
+import objective
 import probe
 import runtime
 import train
@@ -176,15 +177,15 @@ def test_step_traced_on_the_meta_device():
     the "meta" device (shapes only, nothing computed). A tensor created without device= (it lands on
     the CPU) or a host sync (.item(), .tolist(), if tensor:) fails here as it would cost a GPU run."""
     cfg = train.resolve_config({"preset": "demo", **TINY})
-    student, teacher = train.build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
+    student, teacher = objective.build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
     student.to("meta"), teacher.to("meta")
     x1, x2 = (torch.empty(4, len(SMALL_MAP), 100, device="meta") for _ in range(2))
     mask = torch.zeros(8, 4, 5, dtype=torch.bool, device="meta")
-    r = train.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3)
+    r = objective.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3)
     assert {v.device.type for v in r.values()} == {"meta"}
     r["loss"].backward()
     assert all(p.grad is not None and p.grad.device.type == "meta" for p in student.parameters())
-    train.ema_update(list(teacher.parameters()), list(student.parameters()), 0.99)
+    objective.ema_update(list(teacher.parameters()), list(student.parameters()), 0.99)
 
 
 @pytest.mark.skipif(not kernels._HAVE_TRITON or not kernels.interpreter_on(), reason="needs the Triton interpreter")

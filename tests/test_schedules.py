@@ -1,10 +1,10 @@
-"""Schedules of SPEC §7-8 as pure functions of the step (train.py)."""
+"""Schedules of SPEC §7-8 as pure functions of the step (schedules.py)."""
 import math
 
 import pytest
 
-from train import (ema_momentum_at, lr_at, steps_per_epoch, ttr_weight_at, warmup_steps,
-                   weight_decay_at)
+from schedules import (ema_momentum_at, lr_at, steps_per_epoch, ttr_weight_at, warmup_steps,
+                       weight_decay_at)
 
 
 def test_paper_run_lengths():

@@ -1,11 +1,14 @@
-"""train.py: a short end-to-end run, exact resume after SIGKILL, DDP == single process, non-finite
+"""train.py: its options, a short end-to-end run, exact resume after SIGKILL, DDP == single process, non-finite
 stop, bad inputs surfaced as clear CLI errors, kernels on/off parity. Tiny models (D 32, depth 1)."""
+import argparse
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -14,8 +17,11 @@ import torch
 import checkpoint
 import data
 import kernels
+import monitor
+import objective
 import synthetic
 import train
+import trainer
 from conftest import script_env, use_test_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,6 +83,29 @@ def test_cli_defaults_and_presets():
     assert (cfg.steps, cfg.epochs, cfg.batch_size) == (None, 5, 4)   # --epochs beats the preset's step count
     assert "coding-rate epsilon" in p.format_help()
     assert train.encoder_config(train.resolve_config({"preset": "paper"})).dim == 768
+
+
+def test_every_option_has_a_flag_and_every_flag_an_option():
+    """The parser is written out by hand and TrainConfig holds the defaults: both must name the same
+    options, with the field's type, and the help must show the dataclass's default."""
+    p = train.build_parser()
+    actions = {a.dest: a for a in p._actions if a.dest != "help"}
+    fields = {f.name: f for f in dataclasses.fields(train.TrainConfig)}
+    assert actions.keys() == fields.keys()
+    assert vars(p.parse_args([])) == {}                 # nothing given, nothing set: resolve_config fills in
+    for name, f in fields.items():
+        a = actions[name]
+        assert a.option_strings == ["--" + name.replace("_", "-")], name
+        if f.type is bool:
+            assert isinstance(a, argparse._StoreTrueAction), name
+            continue
+        assert a.type is {Optional[int]: int, Optional[float]: float, Optional[str]: str}.get(f.type, f.type), name
+        if f.default is not None:
+            assert f"(default: {f.default}" in " ".join(a.help.split()), name
+    assert {k: a.choices for k, a in actions.items() if a.choices} == {
+        "preset": ["paper", "demo"], "layout": ["SCT", "STC"], "precision": ["auto", "fp32", "bf16"],
+        "compile": ["auto", "on", "off"]}
+    p.format_help()                                     # every help string formats (a bare % would not)
 
 
 def test_synthetic_run_writes_loadable_teacher(cohort, tmp_path, monkeypatch, capsys):
@@ -156,7 +185,7 @@ def _fixed_inputs(b2):
 
 def _tiny_models():
     cfg = train.resolve_config({"preset": "demo", "dim": 32, "depth": 1, "heads": 2, "proj_hidden": 64})
-    return train.build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
+    return objective.build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
 
 
 def _ddp_worker(rank, world, port, path):
@@ -169,7 +198,7 @@ def _ddp_worker(rank, world, port, path):
     b = x1.shape[0] // world
     mine = slice(rank * b, (rank + 1) * b)
     m = torch.cat([mask[:world * b][mine], mask[world * b:][mine]])     # this rank's rows of both views
-    r = train.compute_losses(model, teacher, x1[mine], x2[mine], m, ttr_w=0.3)
+    r = objective.compute_losses(model, teacher, x1[mine], x2[mine], m, ttr_w=0.3)
     r["loss"].backward()
     if rank == 0:
         torch.save({"losses": {k: v.detach() for k, v in r.items()},
@@ -207,7 +236,7 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
 
     student, teacher = _tiny_models()
     x1, x2, mask = _fixed_inputs(8)
-    r = train.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3)
+    r = objective.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3)
     r["loss"].backward()
     for k in ("cls", "ttr", "comp", "expa"):   # global-batch terms: identical on every rank
         assert got["losses"][k].item() == pytest.approx(r[k].item(), rel=1e-5, abs=1e-6), k
@@ -218,7 +247,7 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(small, tmp_path, monkeypatch, capsys):
-    real, calls = train.compute_losses, []
+    real, calls = objective.compute_losses, []
 
     def poisoned(*a, **k):
         r = real(*a, **k)
@@ -228,7 +257,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(small, tmp_path, monkeyp
             r["loss"] = r["loss"] + r["cls"]
         return r
 
-    monkeypatch.setattr(train, "compute_losses", poisoned)
+    monkeypatch.setattr(trainer, "compute_losses", poisoned)
     out = tmp_path / "nan"
     code, stdout, err = run_main(small_args(small, out, "--steps", "8", "--ckpt-every", "2", "--log-every", "3"), capsys)
     assert code == 3
@@ -324,14 +353,14 @@ def test_subject_separation_scores():
     base = torch.eye(4)[[0, 0, 1, 1, 2, 2]]                              # one direction per subject
     crops = torch.zeros(6, 2, 4, 100)
     crops[:, :, :, 0] = base[:, None, :] + 0.01 * torch.randn(6, 2, 4)
-    s = train.subject_separation(ByInput(), crops, subjects)
+    s = monitor.subject_separation(ByInput(), crops, subjects)
     assert s["auroc"] == 1.0 and s["gap"] > 0.9
     # collapsed: every CLS the same direction up to noise that ignores the subject. 40 subjects x 2
     # scans give 80 same-subject and 6,240 other pairs, so chance AUROC is 0.5 ± 0.03 (s.d.)
     g = torch.Generator().manual_seed(0)
     collapsed = torch.zeros(80, 2, 4, 100)
     collapsed[:, :, :, 0] = torch.tensor([1.0, 1, 1, 1]) + 1e-4 * torch.randn(80, 2, 4, generator=g)
-    s = train.subject_separation(ByInput(), collapsed, [f"s{i // 2}" for i in range(80)])
+    s = monitor.subject_separation(ByInput(), collapsed, [f"s{i // 2}" for i in range(80)])
     assert abs(s["auroc"] - 0.5) < 0.1 and s["mean_cos"] > 0.999
     with pytest.raises(ValueError, match="several scans of some subjects"):
-        train.subject_separation(ByInput(), crops, ["a", "b", "c", "d", "e", "f"])
+        monitor.subject_separation(ByInput(), crops, ["a", "b", "c", "d", "e", "f"])
