@@ -5,6 +5,8 @@
   above 0.5 means the encoder learned something about the person; a mean pairwise cosine near 1
   means collapse.
 - `separation_crops`: the crops it is measured on, chosen once per run.
+- `collapse_warning`, `warmup_warning`: plain-words warnings when the teacher has collapsed (every
+  CLS the same direction), or when the warm-up is short enough at a high lr to make it collapse.
 - `plot_curves`: <out>/curves.png from the log: losses, the std of the normalised CLS projections
   (student, teacher) and the teacher's mean pairwise cosine (objective.compute_losses computes them).
 
@@ -15,6 +17,13 @@ import torch
 import torch.nn.functional as F
 
 import data
+
+# A collapsed teacher, as it looked when a paper-size run collapsed on an H100 (BENCHMARKS.md, GPU):
+# mean pairwise CLS cosine 0.999-1.000 and projection std 0.0002-0.001, against 0.96 and 0.014 at
+# initialisation and ~0.13 and ~0.07 after 300 healthy steps
+COLLAPSED_COS, COLLAPSED_STD = 0.99, 0.005
+# That collapse came from a 9-step warm-up to lr 1.4e-3; the paper's 228 steps to the same lr learned
+SHORT_WARMUP, HIGH_LR = 100, 5e-4
 
 
 @torch.no_grad()
@@ -86,3 +95,21 @@ def plot_curves(log, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def collapse_warning(rec):
+    """A log record -> a warning if the teacher looks collapsed, else None."""
+    if rec["cos_t"] > COLLAPSED_COS and rec["std_t"] < COLLAPSED_STD:
+        return (f"warning: the teacher looks collapsed at step {rec['step']} (CLS mean pairwise cosine "
+                f"{rec['cos_t']:.3f}, projection std {rec['std_t']:.4f}): its features will carry little. A short "
+                f"warm-up at a high lr does this; restart with a longer --warmup-epochs or a lower --lr")
+    return None
+
+
+def warmup_warning(warmup, peak_lr):
+    """The warm-up (steps) to the peak lr -> a warning if it is short for that lr, else None."""
+    if warmup < SHORT_WARMUP and peak_lr > HIGH_LR:
+        return (f"warning: the lr warms up to {peak_lr:.2e} in only {warmup} steps. A paper-size run with a 9-step "
+                f"warm-up to 1.4e-3 collapsed within 50 steps; the paper's run takes 228. With few subjects an "
+                f"epoch is few steps: give the warm-up more steps (--warmup-epochs, --epochs) or lower --lr")
+    return None

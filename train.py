@@ -44,7 +44,7 @@ import networks
 import runtime
 import synthetic
 from encoder import EncoderConfig
-from monitor import plot_curves, separation_crops, separation_line, subject_separation
+from monitor import plot_curves, separation_crops, separation_line, subject_separation, warmup_warning
 from trainer import NonFiniteLoss, RunFiles, Trainer, train_loop
 
 PRESET_TRAINING = {  # training defaults a preset brings along (anything given on the command line wins)
@@ -55,7 +55,7 @@ PRESET_TRAINING = {  # training defaults a preset brings along (anything given o
     "demo": dict(batch_size=64, steps=120, log_every=10, ema_momentum=0.9),
 }
 KEEP_ON_RESUME = ("out", "resume", "log_every", "ckpt_every", "device", "no_kernels",  # may change across a resume
-                  "precision", "compile")  # machine choices: a run may move to another machine
+                  "precision", "compile", "grad_checkpoint")  # machine choices: a run may move to another machine
 
 
 @dataclass
@@ -102,6 +102,7 @@ class TrainConfig:
     no_kernels: bool = False
     precision: str = "auto"
     compile: str = "auto"
+    grad_checkpoint: bool = False
     eval_scans: int = 256
 
 
@@ -202,6 +203,9 @@ def _run_options(g):
     g.add_argument("--compile", type=str, choices=list(runtime.COMPILE_CHOICES), help=f"""torch.compile the
         student/teacher forwards. auto: on for CUDA, off on the CPU (compiling takes minutes there and gains
         little). (default: {TrainConfig.compile})""")
+    g.add_argument("--grad-checkpoint", action="store_true", help="""Recompute each transformer block in the
+        backward instead of keeping its activations: far less GPU memory for some more time per step
+        (BENCHMARKS.md, GPU). Use it when a batch does not fit.""")
     g.add_argument("--eval-scans", type=int, help=f"""Scans used for the subject-separation check at the start and
         the end; 0 skips it. (default: {TrainConfig.eval_scans})""")
 
@@ -332,6 +336,9 @@ def describe_run(cfg, enc_cfg, tr, scans, spe):
           f"peak lr {tr.peak_lr:.2e}, {tr.world} process(es) x batch {tr.local_b}, device {tr.device}, "
           f"{'bf16 autocast' if tr.amp else 'fp32'} ({tr.precision_reason}), "
           f"compile {'on' if tr.compiled else 'off'} ({tr.compile_reason})", flush=True)
+    warning = warmup_warning(tr.warmup, tr.peak_lr)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     decayed = "every parameter" if cfg.weight_decay_params == "all" else "all but biases, norms, embeddings"
     print(f"parameters: student {sum(p.numel() for p in tr.s_params) / 1e6:.1f}M "
           f"(AdamW, weight decay on {decayed}; init {enc_cfg.init})", flush=True)

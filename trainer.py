@@ -15,6 +15,7 @@ checkpoints between steps (SPEC §6-8). train.py is the driver that sets it up a
 """
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 
@@ -26,6 +27,7 @@ import torch.nn as nn
 import checkpoint
 import runtime
 from masking import slice_mask
+from monitor import collapse_warning
 from objective import build_models, compute_losses, ema_update, param_groups
 from schedules import ema_momentum_at, lr_at, ttr_weight_at, warmup_steps, weight_decay_at
 
@@ -43,6 +45,7 @@ class Trainer:
         self.ttr_steps = warmup_steps(total, cfg.ttr_epochs, cfg.epochs)  # L_TTR's window, in epochs as theirs
         self.peak_lr = cfg.lr * cfg.batch_size / 256
         self.student, self.teacher = build_models(enc_cfg, network_map, cfg.seed)
+        self.student.encoder.grad_checkpointing = cfg.grad_checkpoint   # the teacher has no backward
         self.student.to(device)
         self.teacher.to(device)
         # fused: one pass over each weight per step (CPU and CUDA), instead of ~10 elementwise ops
@@ -223,6 +226,12 @@ class RunFiles:
             with open(self.jsonl, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
+    def warn(self, message):
+        """Print `message` (if any) on rank 0 -> whether there was one."""
+        if message and self.rank == 0:
+            print(message, file=sys.stderr, flush=True)
+        return bool(message)
+
     def save(self, step, window):
         """teacher.pt and state.pt after `step` steps; never over a good checkpoint with diverged weights."""
         window.check_finite()
@@ -240,7 +249,7 @@ class RunFiles:
 def train_loop(tr, files, start, log_every, ckpt_every):
     """Steps start..total: a log line every `log_every` steps and at the end, a checkpoint every
     `ckpt_every` steps (the last one is the caller's, after the final evaluation)."""
-    window = LogWindow(tr.device, tr.world, tr.total, files.out)
+    window, warned = LogWindow(tr.device, tr.world, tr.total, files.out), False
     for step in range(start, tr.total):
         r = tr.step(step)
         window.add(step, r)
@@ -248,6 +257,7 @@ def train_loop(tr, files, start, log_every, ckpt_every):
         if done % log_every == 0 or done == tr.total:
             rec = window.record(done, r, tr.cfg.batch_size)
             files.add_log(rec, eta=(tr.total - done) * window.seconds / (done - start))
+            warned = warned or files.warn(collapse_warning(rec))
         if done % ckpt_every == 0 and done != tr.total:
             files.save(done, window)
     return window

@@ -183,8 +183,7 @@ def stage_step(plan):
     scans = random_scans(2 * plan.batch, n_rois=len(plan.map))
     trs = {}
     for k, (compile, no_kernels, recompute) in MODES.items():
-        tr = _trainer(plan, compile, scans)
-        tr.student.encoder.grad_checkpointing = recompute
+        tr = _trainer(plan, compile, scans, grad_checkpoint=recompute)
         trs[k] = _PyTorchPaths(tr) if no_kernels else tr
     first = {k: [timed_step(tr, i)[1] for i in range(2)] for k, tr in trs.items()}   # same init, same batches
     warm = _warmup_steps(trs["eager"])      # from step 0 again: every compiled variant exists before timing

@@ -364,3 +364,14 @@ def test_subject_separation_scores():
     assert abs(s["auroc"] - 0.5) < 0.1 and s["mean_cos"] > 0.999
     with pytest.raises(ValueError, match="several scans of some subjects"):
         monitor.subject_separation(ByInput(), crops, ["a", "b", "c", "d", "e", "f"])
+
+
+def test_collapse_and_short_warmup_warnings():
+    """As the H100 run that collapsed looked (BENCHMARKS.md, GPU), and as healthy runs look."""
+    rec = lambda cos, std: {"step": 50, "cos_t": cos, "std_t": std}
+    assert "looks collapsed at step 50" in monitor.collapse_warning(rec(0.999, 0.0005))
+    for cos, std in ((0.963, 0.014), (0.129, 0.066), (0.999, 0.02)):   # initial, after 300 steps, not both
+        assert monitor.collapse_warning(rec(cos, std)) is None
+    assert "only 9 steps" in monitor.warmup_warning(9, 1.4e-3)
+    assert monitor.warmup_warning(228, 1.4e-3) is None          # the paper run
+    assert monitor.warmup_warning(4, 1.75e-4) is None           # the demo preset
