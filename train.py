@@ -44,10 +44,12 @@ import data
 import kernels
 import networks
 import runtime
+import seeding
 import synthetic
 from encoder import Encoder, EncoderConfig
 from losses import ProjectionHead, mcr_loss, network_summaries, token_loss, ttr_loss
 from masking import slice_mask
+from scans import TrainBatches, group_fc, probe_crops
 
 PRESET_TRAINING = {  # training defaults a preset brings along (anything given on the command line wins)
     "paper": dict(batch_size=512, epochs=100),                  # SPEC §8
@@ -325,7 +327,7 @@ def separation_crops(scans, n_scans, crop_len):
     keep = np.flatnonzero(counts[inv] >= 2)[:n_scans]
     if len(keep) < 4 or len(np.unique(ids[keep])) < 2:
         return None, None
-    crops = data.probe_crops(scans, keep, crop_len=crop_len, n_crops=2)   # (S', 2, C, T') first + last crop
+    crops = probe_crops(scans, keep, crop_len=crop_len, n_crops=2)   # (S', 2, C, T') first + last crop
     return crops, ids[keep].tolist()
 
 
@@ -374,9 +376,9 @@ class Trainer:
                      ttr_w=ttr_weight_at(step, self.ttr_steps, cfg.ttr_weight))
         x1, x2 = self.batches.next_batch(b)                           # (b, C, T') each
         N, P = self.student.encoder.n_networks, self.student.encoder.n_patches
-        masked = np.random.default_rng([cfg.seed, 1, step]).random() < cfg.mask_prob  # same on all processes
+        masked = seeding.rng(cfg.seed, 1, step).random() < cfg.mask_prob  # same on all processes
         if masked:
-            self.mask_gen.manual_seed(int(np.random.default_rng([cfg.seed, 2, step, self.rank]).integers(2 ** 62)))
+            self.mask_gen.manual_seed(seeding.torch_seed(cfg.seed, 2, step, self.rank))
             mask = slice_mask(2 * b, N, P, generator=self.mask_gen, device=self.device)  # (2b, N, P)
         elif self.world > 1:  # an all-False mask keeps the mask embedding in DDP's graph (no find_unused_parameters)
             mask = torch.zeros(2 * b, N, P, dtype=torch.bool, device=self.device)
@@ -515,7 +517,7 @@ def train(cfg: TrainConfig, given=()):
             k = int(cfg.networks[5:])
         except ValueError:
             raise ValueError(f"--networks {cfg.networks}: expected auto:K with an integer K, e.g. auto:9") from None
-        fc = data.group_fc(scans, max_scans=2000, seed=cfg.seed)  # a group mean: 2000 scans are plenty
+        fc = group_fc(scans, max_scans=2000, seed=cfg.seed)  # a group mean: 2000 scans are plenty
         network_map = networks.cluster_networks(fc, k, seed=cfg.seed)
         if rank == 0:
             os.makedirs(out, exist_ok=True)
@@ -529,8 +531,8 @@ def train(cfg: TrainConfig, given=()):
     if n_subjects < cfg.batch_size:
         raise ValueError(f"the data have {n_subjects} subjects ({len(scans)} scans) but --batch-size is "
                          f"{cfg.batch_size}; use a batch size of at most {n_subjects}")
-    batches = data.TrainBatches(scans, device=device, crop_len=enc_cfg.crop_len, seed=cfg.seed,
-                                rank=rank, world_size=world)
+    batches = TrainBatches(scans, device=device, crop_len=enc_cfg.crop_len, seed=cfg.seed,
+                           rank=rank, world_size=world)
 
     spe = steps_per_epoch(n_subjects, cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * spe

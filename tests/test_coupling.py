@@ -40,12 +40,13 @@ def test_supervised_check_fits_and_reports_held_out_r2(capsys):
     import data
     from bench.coupling import supervised_check
     from encoder import EncoderConfig
+    from scans import probe_crops
     rng = np.random.default_rng(3)
     net_of = np.repeat(np.arange(3), [5, 7, 4])                           # 16 ROIs, 3 networks
     x = rng.standard_normal((6, 16, 60)).astype(np.float32)
     scans = data.Scans(data=x, lengths=np.full(6, 60), subjects=[f"s{i}" for i in range(6)])
     cfg = EncoderConfig(dim=16, depth=1, heads=2, crop_len=40, patch_len=10)
-    test = data.probe_crops(scans, np.arange(2), 40, 4).flatten(0, 1)     # (8, C, T')
+    test = probe_crops(scans, np.arange(2), 40, 4).flatten(0, 1)          # (8, C, T')
     supervised_check(cfg, net_of, scans, test, steps=2, batch_scans=2, log_every=1)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| supervised")]
     assert [ln.split("|")[2].strip() for ln in lines] == ["step 1", "step 2"]
