@@ -6,6 +6,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.coupling import grouped_r2, network_fc  # noqa: E402
+from scans import fisher_z  # noqa: E402
 
 
 def test_grouped_r2_finds_a_linear_target_and_nothing_in_noise():
@@ -32,7 +33,7 @@ def test_network_fc_is_fisher_z_of_pearson_upper_triangle():
     x = rng.standard_normal((3, 5, 40)) + rng.standard_normal((3, 1, 40))   # (B, N, t), shared signal
     fc = network_fc(x)                                                    # (B, 10)
     i, j = np.triu_indices(5, 1)
-    want = np.stack([np.arctanh(np.corrcoef(b)[i, j]) for b in x])
+    want = np.stack([fisher_z(np.corrcoef(b)[i, j]) for b in x])
     np.testing.assert_allclose(fc, want, rtol=1e-6, atol=1e-6)
 
 

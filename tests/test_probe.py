@@ -16,6 +16,7 @@ import synthetic
 from checkpoint import save_teacher
 from encoder import Encoder, EncoderConfig
 from labels import make_task, split_subjects
+from scans import fisher_z
 
 NET_MAP = np.repeat(np.arange(3), 4)          # 12 ROIs in 3 networks
 
@@ -75,7 +76,7 @@ def test_fc_features_fisher_z():
     scans = data.Scans(data=x.astype(np.float32), lengths=np.array([50, 30]), subjects=["a", "b"])
     f = features.fc_features(scans)
     assert f.shape == (2, 1, 6)
-    np.testing.assert_allclose(f[1, 0, 0], np.arctanh(np.corrcoef(x[1, :, :30])[0, 1]), rtol=1e-5)
+    np.testing.assert_allclose(f[1, 0, 0], fisher_z(np.corrcoef(x[1, :, :30])[0, 1]), rtol=1e-5)
 
 
 # ---------------------------------------------------------------- CLI end to end (tiny encoder)

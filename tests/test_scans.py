@@ -159,11 +159,18 @@ def test_scan_fc_and_group_fc_match_numpy():
     np.testing.assert_allclose(fc[0], np.corrcoef(x[1, :, :60]), atol=1e-5)
     np.testing.assert_allclose(fc[1], np.corrcoef(x[2, :, :120]), atol=1e-5)
     g = scans.group_fc(sc)
-    ref = np.tanh(np.mean([np.arctanh(np.clip(np.corrcoef(x[i, :, :n]), -1 + 1e-6, 1 - 1e-6))
-                           for i, n in enumerate([90, 60, 120])], 0))
+    ref = np.tanh(np.mean([scans.fisher_z(np.corrcoef(x[i, :, :n])) for i, n in enumerate([90, 60, 120])], 0))
     np.fill_diagonal(ref, 1)
     np.testing.assert_allclose(g, ref, atol=1e-5)
     assert scans.group_fc(sc, max_scans=2).shape == (5, 5)
+
+
+def test_fisher_z_is_arctanh_and_finite_at_one():
+    r = np.array([-0.9, 0.0, 0.3, 0.999])
+    np.testing.assert_allclose(scans.fisher_z(r), np.arctanh(r), rtol=1e-12)
+    z = scans.fisher_z(np.array([-1.0, 1.0]))                              # a diagonal, a duplicated ROI
+    assert np.isfinite(z).all() and z[1] == -z[0] > 7
+    assert scans.fisher_z(np.float32(0.5)).dtype == np.float32            # the FC features stay float32
 
 
 def test_sampler_errors():
