@@ -17,9 +17,10 @@ without DDP's "module." prefix, e.g. their released UK Biobank model) are read w
 `load_teacher` (probe.py, embed.py) and `load_init` (train.py --init-from). Their sizes are read
 from the tensor shapes; `import_authors` maps their per-network tensors to our layout.
 
-Writes are atomic (temporary file in the same folder, fsync, os.replace), so a crash or a kill
-mid-write leaves the previous checkpoint intact. Every read is torch.load(weights_only=True) and
-turns every failure into a ValueError that says what is wrong with the file.
+Writes are atomic (fileio.atomic_write: a temporary file in the same folder, fsync, os.replace),
+so a crash or a kill mid-write leaves the previous checkpoint intact. Every read is
+torch.load(weights_only=True) and turns every failure into a ValueError that says what is wrong
+with the file.
 
     from checkpoint import load_teacher
     encoder, meta = load_teacher("runs/demo/teacher.pt")                 # ours, or the authors' .pth
@@ -27,43 +28,18 @@ turns every failure into a ValueError that says what is wrong with the file.
 """
 import os
 import pickle
-import tempfile
 import warnings
 from dataclasses import asdict
 
 import numpy as np
 import torch
 
+from fileio import atomic_write
 from networks import network_names
 
 TEACHER_FORMAT = "brain-semantoks/teacher"
 STATE_FORMAT = "brain-semantoks/state"
 VERSION = 1
-
-
-def _atomic_save(obj, path):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def _read(path, map_location):
@@ -112,16 +88,17 @@ def _load(path, expected_format, map_location):
 def save_teacher(path, encoder, network_map, step, train_config):
     """Write the teacher encoder (the pretrained model) atomically. `train_config` must be plain types."""
     m = torch.as_tensor(network_map, dtype=torch.int64).cpu()
-    _atomic_save({
-        "format": TEACHER_FORMAT,
-        "version": VERSION,
-        "encoder_config": asdict(encoder.config),
-        "network_map": m,
-        "network_names": list(network_names(m.numpy())),
-        "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
-        "step": int(step),
-        "train_config": dict(train_config),
-    }, path)
+    with atomic_write(path) as f:
+        torch.save({
+            "format": TEACHER_FORMAT,
+            "version": VERSION,
+            "encoder_config": asdict(encoder.config),
+            "network_map": m,
+            "network_names": list(network_names(m.numpy())),
+            "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+            "step": int(step),
+            "train_config": dict(train_config),
+        }, f)
 
 
 def load_teacher(path, map_location="cpu", network_map=None, dtype=None):
@@ -173,7 +150,8 @@ def _our_config(obj, path):
 
 def save_state(path, **state):
     """Write the full resumable training state atomically. Values: tensors, dicts, lists, plain types."""
-    _atomic_save({"format": STATE_FORMAT, "version": VERSION, **state}, path)
+    with atomic_write(path) as f:
+        torch.save({"format": STATE_FORMAT, "version": VERSION, **state}, f)
 
 
 def load_state(path, map_location="cpu"):

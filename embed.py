@@ -4,7 +4,7 @@
     python embed.py --ckpt teacher.pt --data ukb.h5 --out ukb_emb.npy       # the authors' HDF5 layout
     python embed.py --ckpt teacher.pt --data ts/ --tr 0.8 --out emb.csv --per-crop
 
-Every scan gives 8 evenly spaced crops of T' time points (data.probe_crops: z-scored, no
+Every scan gives 8 evenly spaced crops of T' time points (scans.probe_crops: z-scored, no
 augmentation); each crop goes through the frozen teacher's `features()`, concat[mean of the N·P
 output tokens, CLS] = 2D values, exactly what probe.py fits its linear probes on (bf16 autocast on
 CUDA). A scan's embedding is the mean over its crops; --per-crop keeps every crop.
@@ -15,7 +15,7 @@ Outputs, for --out X.npy or --out X.csv (default: embeddings_<data name>.npy bes
   X.csv           only for --out X.csv: columns subject[, crop], f0..f{2D-1}; a row per scan (crop)
 
 Data options are probe.py's (--data .npy/folder/.h5, --layout, --tr, --subjects, --networks,
---crops, --batch-size, --device); this script imports probe.py for them, never train.py. Memory:
+--crops, --batch-size, --device); both scripts take them from features.py, never train.py. Memory:
 the features of all crops are held once, S·n_crops·2D·4 bytes (2 GB for 40k scans at paper size).
 """
 import argparse
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import probe
+import features
 import runtime
 
 OUT_SUFFIXES = (".npy", ".csv")
@@ -38,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--out", help="X.npy or X.csv: writes X.npy, X_subjects.txt (and X.csv) "
                                  "(default: embeddings_<data name>.npy beside the checkpoint)")
     p.add_argument("--per-crop", action="store_true", help="keep every crop's features instead of their mean")
-    probe.add_data_arguments(p)
+    features.add_data_arguments(p)
     return p.parse_args(argv)
 
 
@@ -88,19 +88,18 @@ def write_embeddings(out, feats, subjects) -> list:
 
 
 def run(args):
-    probe.check_data_arguments(args)
+    features.check_data_arguments(args)
     out = output_path(args)
     device = str(runtime.resolve_device(args.device))
-    encoder, meta = probe.load_model(args.ckpt, args.networks)
-    scans, data_path, synthetic, _ = probe.load_data(args, len(meta["network_map"]))
-    batch = args.batch_size or (512 if device.startswith("cuda") else 64)
+    encoder, meta = features.load_model(args.ckpt, args.networks)
+    scans, data_path, synthetic, _ = features.load_data(args, len(meta["network_map"]))
     precision, why = runtime.resolve_precision(args.precision, torch.device(device))
     print(f"Embedding {len(scans)} scans ({scans.n_subjects} subjects) of "
           f"{'the SYNTHETIC probe cohort' if synthetic else data_path}: {args.crops} crops each, "
           f"{2 * encoder.config.dim} features per crop, on {device}, {precision} ({why})")
     t0 = time.time()
-    feats = probe.encoder_features(encoder, scans, args.crops, batch, device, "teacher features",
-                                   precision)                                   # (S, K, 2D)
+    feats = features.encoder_features(encoder, scans, args.crops, features.crops_per_batch(args, device), device,
+                                      "teacher features", precision)            # (S, K, 2D)
     if not args.per_crop:
         feats = feats.mean(1)                                                   # (S, 2D) mean over crops
     paths = write_embeddings(out, feats, scans.subjects)
@@ -109,7 +108,7 @@ def run(args):
 
 
 def main(argv=None):
-    return probe.cli(run, parse_args(argv), "embed.py")
+    return features.cli(run, parse_args(argv), "embed.py")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ array and reads only the scans asked for; valid lengths come from ROI 0 alone, i
 .npy, the other ROIs are not scanned for stray NaN/inf (that would read the whole file); like the
 authors' code, z-scoring turns a NaN inside a scan into 0. `tr=` resampling builds the result in RAM.
 
-data.load_scans dispatches .h5/.hdf5 files to `load_h5`; probe.py reads labels with `read_label`.
+data.load_scans dispatches .h5/.hdf5 files to `load_h5`; labels.py reads labels with `read_label`.
 
     python h5data.py dataset.h5     # describe a file: atlases, scans, lengths, label datasets
 """
@@ -29,6 +29,8 @@ import h5py
 import numpy as np
 
 import data
+from fileio import file_key
+from progress import Progress
 
 ATLASES = ("schaefer400", "tian3", "buckner7")   # concatenation order (SPEC §2)
 NOT_LABELS = ("timeseries", "long_subject_id", "ts_len")
@@ -105,7 +107,7 @@ def _lengths(first_atlas, ts_len):
     S, _, T = first_atlas.shape
     lengths = np.empty(S, dtype=np.int64)
     step = max(1, (64 << 20) // (T * 4))
-    progress = data._Progress(S, "reading scan lengths", min_total=math.inf)   # shown after 2 s
+    progress = Progress(S, "reading scan lengths", min_total=math.inf)   # shown after 2 s
     for s0 in range(0, S, step):
         first = np.isnan(first_atlas[s0:s0 + step, 0, :])                   # (b, T) ROI 0 only
         lengths[s0:s0 + len(first)] = data._roi0_lengths(first, s0, None)
@@ -167,7 +169,7 @@ def load_h5(path, tr=None, n_rois=None, need_ids=True) -> data.Scans:
         f.close()
         raise
     return data.Scans(data=x, lengths=lengths, subjects=[] if ids is None else [_as_text(v) for v in ids],
-                      source=str(path.resolve()), key=data._file_key([path], "h5", tr))
+                      source=str(path.resolve()), key=file_key([path], "h5", tr))
 
 
 def label_names(path, n_scans) -> list:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import data
+from scans import probe_crops
 
 # A collapsed teacher, as it looked when a paper-size run collapsed on an H100 (BENCHMARKS.md, GPU):
 # mean pairwise CLS cosine 0.999-1.000 and projection std 0.0002-0.001, against 0.96 and 0.014 at
@@ -63,7 +63,7 @@ def separation_crops(scans, n_scans, crop_len):
     keep = np.flatnonzero(counts[inv] >= 2)[:n_scans]
     if len(keep) < 4 or len(np.unique(ids[keep])) < 2:
         return None, None
-    crops = data.probe_crops(scans, keep, crop_len=crop_len, n_crops=2)   # (S', 2, C, T') first + last crop
+    crops = probe_crops(scans, keep, crop_len=crop_len, n_crops=2)   # (S', 2, C, T') first + last crop
     return crops, ids[keep].tolist()
 
 

@@ -80,16 +80,14 @@ Defaults take ~8 s on a 2-core CPU (cohort v2: ~9 s) and ~190 MB on disk.
 """
 import inspect
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from data import TR
+from fileio import atomic_write
 
 SYNTH_VERSION = 3   # bump whenever the generator changes: cached cohorts with another version are rebuilt
 MECHANISMS = ("within", "between", "gain", "timescale")
@@ -108,8 +106,6 @@ DESIGN = {
 LABELS = tuple(DESIGN)                          # the columns of probe_labels.csv, in order
 CONTINUOUS = ("age",)
 WITHIN_BASE, PHI_BASE = 0.15, 0.5               # population private-source share, sub-source AR coefficient
-SYNTH_FILES = ("pretrain.npy", "pretrain_subjects.txt", "probe.npy", "probe_subjects.txt",
-               "probe_labels.csv", "network_map.txt", "cohort.json")   # cohort.json last: completeness mark
 
 
 def _hrf(tr=TR, length=32.0):
@@ -205,7 +201,7 @@ def _write_labels(path, subjects, y):
     rows = ["subject," + ",".join(LABELS)]
     rows += [f"{s}," + ",".join(f"{v:.1f}" if l in CONTINUOUS else str(int(v)) for l, v in zip(LABELS, r))
              for s, r in zip(subjects, y)]
-    path.write_text("\n".join(rows) + "\n")
+    _write_text(path, "\n".join(rows) + "\n")
 
 
 def _stable(A, radius=0.95):
@@ -228,63 +224,82 @@ def make_synthetic_cohort(out_dir, n_pretrain_subjects=200, scans_per_subject=2,
 
     Pretraining and probe subjects are disjoint ("preXXXX" vs "probeXXXX") draws from one population
     (pretraining labels are not written). network_map: ROI -> network ids (default: the 457-ROI map);
-    a mechanism on a network the map lacks is dropped."""
+    a mechanism on a network the map lacks is dropped. Every file is written atomically
+    (fileio.atomic_write), so a reader never sees half a file."""
     if network_map is None:
         from networks import default_network_map
         network_map = default_network_map()
     roi_net = np.asarray(network_map, dtype=np.int64)
     N, C, J = int(roi_net.max()) + 1, len(roi_net), 1 + int(sub_sources)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "cohort.json").unlink(missing_ok=True)   # the completeness mark goes first, comes back last
     rng = np.random.default_rng(seed)
-    eff = _effects(N, dict(within=effect_within, between=effect_between, gain=effect_gain,
-                           timescale=effect_timescale))
+    pop = dict(roi_net=roi_net, length_range=length_range, noise_std=noise_std,
+               eff=_effects(N, dict(within=effect_within, between=effect_between, gain=effect_gain,
+                                    timescale=effect_timescale)),
+               K_pop=_sym(rng.normal(0, 0.06, (N, N))),
+               loading=np.column_stack([rng.uniform(0.6, 1.4, C), rng.normal(0, 0.5, (C, J - 1))]),   # (C, J)
+               deviation=topography * np.r_[0.3, np.ones(J - 1)])                                     # (J,)
 
-    def sym(a):   # symmetric, zero diagonal: couplings between networks only
-        a = np.triu(a, 1)
-        return a + np.swapaxes(a, -1, -2)
-
-    K_pop = sym(rng.normal(0, 0.06, (N, N)))
-    loading = np.column_stack([rng.uniform(0.6, 1.4, C), rng.normal(0, 0.5, (C, J - 1))])   # (C, J)
-    deviation = topography * np.r_[0.3, np.ones(J - 1)]                                     # (J,)
-
-    def cohort(n_subj, per, prefix):
-        y, coded = _draw_labels(rng, n_subj)                                   # (n, L)
-        F = sym(rng.normal(0, 0.04, (n_subj, N, N)))
-        gain = 1 + coded @ eff["gain"]                                         # (n,)
-        A_subj = gain[:, None, None] * (0.5 * np.eye(N) + K_pop + F + np.einsum("sl,lij->sij", coded, eff["between"]))
-        share = np.clip(WITHIN_BASE + coded @ eff["within"], 0.0, 0.95)       # (n, N)
-        phi = np.clip(PHI_BASE + coded @ eff["timescale"], 0.0, 0.95)         # (n, N)
-        A = np.repeat(A_subj, per, axis=0) + sym(rng.normal(0, 0.015, (n_subj * per, N, N)))
-        A = _stable(A)                                                         # keep every VAR stable
-        topo = loading + deviation * rng.standard_normal((n_subj, C, J))       # (n, C, J) per subject
-        topo = np.repeat(topo, per, axis=0).astype(np.float32)                 # (n·per, C, J) per scan
-        share, phi = np.repeat(share, per, axis=0), np.repeat(phi, per, axis=0)
-        lengths = rng.integers(length_range[0], length_range[1] + 1, n_subj * per)
-        x = np.empty((len(A), C, length_range[1]), dtype=np.float16)            # (S, C, T)
-        for i in range(0, len(A), 64):   # chunks keep the float32 intermediates small
-            j = slice(i, i + 64)
-            xi = _simulate(rng, A[j], lengths[j], roi_net, topo[j], noise_std, share[j], phi[j])
-            x[j] = np.nan
-            x[j, :, :xi.shape[-1]] = xi
-        ids = [f"{prefix}{i:04d}" for i in range(n_subj)]
-        return x, [s for s in ids for _ in range(per)], y
-
-    x, subj, _ = cohort(n_pretrain_subjects, scans_per_subject, "pre")
-    np.save(out_dir / "pretrain.npy", x)
-    (out_dir / "pretrain_subjects.txt").write_text("\n".join(subj) + "\n")
-    x, subj, y = cohort(n_probe, 1, "probe")
-    np.save(out_dir / "probe.npy", x)
-    (out_dir / "probe_subjects.txt").write_text("\n".join(subj) + "\n")
+    x, subj, _ = _simulate_cohort(rng, pop, n_pretrain_subjects, scans_per_subject, "pre")
+    _write_scans(out_dir, "pretrain", x, subj)
+    x, subj, y = _simulate_cohort(rng, pop, n_probe, 1, "probe")
+    _write_scans(out_dir, "probe", x, subj)
     _write_labels(out_dir / "probe_labels.csv", subj, y)
-    (out_dir / "network_map.txt").write_text("\n".join(map(str, roi_net)) + "\n")
+    _write_text(out_dir / "network_map.txt", "\n".join(map(str, roi_net)) + "\n")
     params = dict(version=SYNTH_VERSION, n_pretrain_subjects=n_pretrain_subjects,
                   scans_per_subject=scans_per_subject, n_probe=n_probe, length_range=list(length_range),
                   seed=seed, n_rois=C, n_networks=N, effect_within=effect_within, effect_between=effect_between,
                   effect_gain=effect_gain, effect_timescale=effect_timescale, noise_std=noise_std,
                   sub_sources=sub_sources, topography=topography, labels=list(LABELS))
-    (out_dir / "cohort.json").write_text(json.dumps({"synthetic": True, **params}, indent=1) + "\n")
+    _write_text(out_dir / "cohort.json", json.dumps({"synthetic": True, **params}, indent=1) + "\n")
     return out_dir
+
+
+def _sym(a):
+    """Symmetric with a zero diagonal (couplings between networks only), over the last two axes."""
+    a = np.triu(a, 1)
+    return a + np.swapaxes(a, -1, -2)
+
+
+def _simulate_cohort(rng, pop, n_subj, per, prefix):
+    """n_subj subjects of `per` scans each from the population `pop` (make_synthetic_cohort) ->
+    (S, C, T) float16 NaN-padded, subject id per scan, labels (n_subj, L) as written."""
+    roi_net, eff, length_range = pop["roi_net"], pop["eff"], pop["length_range"]
+    N, C = pop["K_pop"].shape[0], len(roi_net)
+    y, coded = _draw_labels(rng, n_subj)                                   # (n, L)
+    F = _sym(rng.normal(0, 0.04, (n_subj, N, N)))
+    gain = 1 + coded @ eff["gain"]                                         # (n,)
+    A_subj = gain[:, None, None] * (0.5 * np.eye(N) + pop["K_pop"] + F + np.einsum("sl,lij->sij", coded,
+                                                                                    eff["between"]))
+    share = np.clip(WITHIN_BASE + coded @ eff["within"], 0.0, 0.95)       # (n, N)
+    phi = np.clip(PHI_BASE + coded @ eff["timescale"], 0.0, 0.95)         # (n, N)
+    A = np.repeat(A_subj, per, axis=0) + _sym(rng.normal(0, 0.015, (n_subj * per, N, N)))
+    A = _stable(A)                                                         # keep every VAR stable
+    topo = pop["loading"] + pop["deviation"] * rng.standard_normal((n_subj, C, pop["loading"].shape[1]))  # (n, C, J)
+    topo = np.repeat(topo, per, axis=0).astype(np.float32)                 # (n·per, C, J) per scan
+    share, phi = np.repeat(share, per, axis=0), np.repeat(phi, per, axis=0)
+    lengths = rng.integers(length_range[0], length_range[1] + 1, n_subj * per)
+    x = np.empty((len(A), C, length_range[1]), dtype=np.float16)            # (S, C, T)
+    for i in range(0, len(A), 64):   # chunks keep the float32 intermediates small
+        j = slice(i, i + 64)
+        xi = _simulate(rng, A[j], lengths[j], roi_net, topo[j], pop["noise_std"], share[j], phi[j])
+        x[j] = np.nan
+        x[j, :, :xi.shape[-1]] = xi
+    ids = [f"{prefix}{i:04d}" for i in range(n_subj)]
+    return x, [s for s in ids for _ in range(per)], y
+
+
+def _write_text(path, text):
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def _write_scans(out_dir, name, x, subjects):
+    """name.npy and name_subjects.txt."""
+    with atomic_write(out_dir / f"{name}.npy") as f:
+        np.save(f, x)
+    _write_text(out_dir / f"{name}_subjects.txt", "\n".join(subjects) + "\n")
 
 
 def default_synthetic_dir() -> Path:
@@ -320,8 +335,9 @@ def ensure_synthetic_cohort(directory=None, **kwargs) -> Path:
     """The synthetic cohort's folder, generated on first use (~10 s) and reused after.
 
     kwargs go to make_synthetic_cohort; the cohort is regenerated when files are missing, corrupt,
-    of another cohort version (labels included), or were made with other parameters. Files are built
-    in a temporary folder and moved into place, so concurrent callers never read a half-written cohort."""
+    of another cohort version (labels included), or were made with other parameters. Every file is
+    written atomically and cohort.json last, so concurrent callers never read a half-written file, and
+    a cohort whose cohort.json is missing or stale is regenerated."""
     if "network_map" in kwargs:
         raise TypeError("ensure_synthetic_cohort uses the default network map; call make_synthetic_cohort "
                         "for another one")
@@ -334,14 +350,7 @@ def ensure_synthetic_cohort(directory=None, **kwargs) -> Path:
     if problem:
         print(f"[synthetic] generating the SYNTHETIC cohort v{SYNTH_VERSION} in {d} ({problem}) ...",
               file=sys.stderr, flush=True)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d))
-        try:
-            make_synthetic_cohort(tmp, **kwargs)
-            for f in SYNTH_FILES:
-                os.replace(tmp / f, d / f)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        make_synthetic_cohort(d, **kwargs)
     print(f"[synthetic] using SYNTHETIC data (simulated, not real fMRI) from {d}: "
           f"{expect['n_pretrain_subjects']} pretraining subjects x {expect['scans_per_subject']} scans, "
           f"{expect['n_probe']} probe subjects with simulated labels {', '.join(LABELS)}",

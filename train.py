@@ -44,6 +44,7 @@ import networks
 import runtime
 import synthetic
 from encoder import EncoderConfig
+from scans import TrainBatches, group_fc
 from monitor import plot_curves, separation_crops, separation_line, subject_separation, warmup_warning
 from trainer import NonFiniteLoss, RunFiles, Trainer, train_loop
 
@@ -278,7 +279,7 @@ def load_network_map(cfg, scans, rank):
             k = int(cfg.networks[5:])
         except ValueError:
             raise ValueError(f"--networks {cfg.networks}: expected auto:K with an integer K, e.g. auto:9") from None
-        fc = data.group_fc(scans, max_scans=2000, seed=cfg.seed)  # a group mean: 2000 scans are plenty
+        fc = group_fc(scans, max_scans=2000, seed=cfg.seed)  # a group mean: 2000 scans are plenty
         network_map = networks.cluster_networks(fc, k, seed=cfg.seed)
         if rank == 0:
             os.makedirs(cfg.out, exist_ok=True)
@@ -296,7 +297,7 @@ def training_batches(cfg, scans, enc_cfg, device, rank, world):
     if n_subjects < cfg.batch_size:
         raise ValueError(f"the data have {n_subjects} subjects ({len(scans)} scans) but --batch-size is "
                          f"{cfg.batch_size}; use a batch size of at most {n_subjects}")
-    return data.TrainBatches(scans, device=device, crop_len=enc_cfg.crop_len, seed=cfg.seed,
+    return TrainBatches(scans, device=device, crop_len=enc_cfg.crop_len, seed=cfg.seed,
                              rank=rank, world_size=world)
 
 

@@ -19,13 +19,13 @@ import sys
 import time
 from dataclasses import asdict
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 import checkpoint
 import runtime
+import seeding
 from masking import slice_mask
 from monitor import collapse_warning
 from objective import build_models, compute_losses, ema_update, param_groups
@@ -76,9 +76,9 @@ class Trainer:
                      ttr_w=ttr_weight_at(step, self.ttr_steps, cfg.ttr_weight))
         x1, x2 = self.batches.next_batch(b)                           # (b, C, T') each
         N, P = self.student.encoder.n_networks, self.student.encoder.n_patches
-        masked = np.random.default_rng([cfg.seed, 1, step]).random() < cfg.mask_prob  # same on all processes
+        masked = seeding.rng(cfg.seed, 1, step).random() < cfg.mask_prob  # same on all processes
         if masked:
-            self.mask_gen.manual_seed(int(np.random.default_rng([cfg.seed, 2, step, self.rank]).integers(2 ** 62)))
+            self.mask_gen.manual_seed(seeding.torch_seed(cfg.seed, 2, step, self.rank))
             mask = slice_mask(2 * b, N, P, generator=self.mask_gen, device=self.device)  # (2b, N, P)
         elif self.world > 1:  # an all-False mask keeps the mask embedding in DDP's graph (no find_unused_parameters)
             mask = torch.zeros(2 * b, N, P, dtype=torch.bool, device=self.device)

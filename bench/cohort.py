@@ -24,8 +24,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402
-import probe  # noqa: E402
+import labels  # noqa: E402
 import synthetic  # noqa: E402
+from features import fc_features  # noqa: E402
+from linear_probe import PRIMARY, run_probe  # noqa: E402
+from probe_report import format_metric  # noqa: E402
+from scans import zscore  # noqa: E402
 
 
 def acf_features(scans, lags=(1, 2, 3), chunk=64):
@@ -34,7 +38,7 @@ def acf_features(scans, lags=(1, 2, 3), chunk=64):
     for s0 in range(0, len(scans), chunk):
         idx = np.arange(s0, min(len(scans), s0 + chunk))
         n = torch.as_tensor(scans.lengths[idx])
-        z = data.zscore(torch.from_numpy(scans.read(idx)), n)                   # (b, C, T), zero-padded
+        z = zscore(torch.from_numpy(scans.read(idx)), n)                        # (b, C, T), zero-padded
         r = [(z[..., k:] * z[..., :-k]).sum(-1) / (n - k).float()[:, None] for k in lags]   # (b, C) each
         out[idx, 0] = torch.cat(r, 1).numpy()
     return out
@@ -67,19 +71,19 @@ def main(argv=None):
             folder = synthetic.ensure_synthetic_cohort()
         scans = data.load_scans(folder / "probe.npy")
         scans.data = np.array(scans.data)                    # into RAM: the temporary folder goes
-        header, rows = probe.read_labels(folder / "probe_labels.csv")
-    feats = {"fc": probe.fc_features(scans), "acf": acf_features(scans)}
+        header, rows = labels.read_labels(folder / "probe_labels.csv")
+    feats = {"fc": fc_features(scans), "acf": acf_features(scans)}
     print(f"{'default cohort' if not sizes else 'probe-only draw'}: {len(scans)} probe subjects, sizes "
           f"{sizes or 'default'} ({time.time() - t0:.0f} s)")
     print(f"{'label':<15} {'FC':>12} {'ROI autocorrelation':>20}   (balanced accuracy %, or R²; "
           f"mean ± std over {args.repeats} splits)")
     for label in synthetic.LABELS:
-        values, subjects, _ = probe.scan_labels(header, rows, label, list(scans.subjects), True)
-        task = probe.make_task(label, values, subjects)
+        values, subjects, _ = labels.scan_labels(header, rows, label, list(scans.subjects), True)
+        task = labels.make_task(label, values, subjects)
         cells = []
         for f in feats.values():
-            s = probe.run_probe(f, task, range(args.repeats))["summary"][probe.PRIMARY[task.kind]]
-            cells.append(probe._fmt(s["mean"], s["std"], probe.PRIMARY[task.kind]))
+            s = run_probe(f, task, range(args.repeats))["summary"][PRIMARY[task.kind]]
+            cells.append(format_metric(s["mean"], s["std"], PRIMARY[task.kind]))
         print(f"{label:<15} {cells[0]:>12} {cells[1]:>20}")
     print(f"({time.time() - t0:.0f} s)")
 

@@ -38,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import checkpoint  # noqa: E402
 import data  # noqa: E402
-import probe  # noqa: E402
+from features import random_encoder  # noqa: E402
+from scans import fisher_z, probe_crops  # noqa: E402
 import synthetic  # noqa: E402
 from encoder import Encoder  # noqa: E402
 
@@ -76,7 +77,7 @@ def network_fc(net):
     net = net - net.mean(-1, keepdims=True)
     net = net / (np.linalg.norm(net, axis=-1, keepdims=True) + 1e-8)
     i, j = np.triu_indices(net.shape[-2], 1)
-    return np.arctanh(np.clip((net @ np.swapaxes(net, -1, -2))[..., i, j], -0.999, 0.999))
+    return fisher_z((net @ np.swapaxes(net, -1, -2))[..., i, j])
 
 
 def network_signals(crops, net_of, patch_len):
@@ -100,7 +101,7 @@ def supervised_check(config, net_of, train_scans, test_crops, steps, batch_scans
     opt = torch.optim.AdamW([*enc.parameters(), *head.parameters()], lr=3e-4, weight_decay=0.05)
     for step in range(1, steps + 1):
         idx = rng.choice(len(train_scans), batch_scans, replace=False)
-        x = data.probe_crops(train_scans, idx, config.crop_len).flatten(0, 1)     # (8·batch_scans, C, T')
+        x = probe_crops(train_scans, idx, config.crop_len).flatten(0, 1)          # (8·batch_scans, C, T')
         loss = ((head(enc.features(x)) - (target(x) - mu) / sd) ** 2).mean()
         opt.zero_grad()
         loss.backward()
@@ -142,13 +143,13 @@ def main(argv=None):
                          f"{n_subjects} (from {path}, --scans {args.scans})")
     cfg = teacher.config
     P = cfg.crop_len // cfg.patch_len
-    crops = data.probe_crops(scans, np.arange(k), cfg.crop_len)            # (k, 8, C, T')
+    crops = probe_crops(scans, np.arange(k), cfg.crop_len)                 # (k, 8, C, T')
     N = int(net_of.max()) + 1
     net, patch = network_signals(crops, net_of, cfg.patch_len)              # (k, 8, N, T'), (k, 8, N, P)
     targets = {"features -> crop FC": network_fc(net).reshape(k * 8, -1),
                "features -> patch FC": network_fc(patch).reshape(k * 8, -1)}
     print(f"{path}: {k} scans of {n_subjects} subjects x 8 crops; R² out of sample, ridge CV grouped by subject")
-    for name, enc in [("teacher", teacher), ("random", probe.random_encoder(teacher, net_of))]:
+    for name, enc in [("teacher", teacher), ("random", random_encoder(teacher, net_of))]:
         with torch.inference_mode():
             batches = crops.flatten(0, 1).split(64)
             z = torch.cat([enc.tokenizer(c) for c in batches]).numpy()           # (k*8, N, P, D)

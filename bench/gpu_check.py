@@ -51,6 +51,7 @@ import data  # noqa: E402
 import kernels  # noqa: E402
 import networks  # noqa: E402
 import runtime  # noqa: E402
+import seeding  # noqa: E402
 from bench import kernels as bench_kernels  # noqa: E402
 from bench.probe import random_encoder, time_features  # noqa: E402
 from bench.report import cpu_name, random_scans  # noqa: E402
@@ -153,7 +154,7 @@ def _warmup_steps(tr, at_least=2):
     """Steps to run untimed so that both kinds of batch (masked and not) have been compiled."""
     kinds, i = set(), 0
     while len(kinds) < 2 or i < at_least:
-        kinds.add(bool(np.random.default_rng([tr.cfg.seed, 1, i]).random() < tr.cfg.mask_prob))
+        kinds.add(bool(seeding.rng(tr.cfg.seed, 1, i).random() < tr.cfg.mask_prob))
         i += 1
     return i
 

@@ -1,4 +1,4 @@
-"""Benchmark probe feature extraction (probe.encoder_features: 8 evenly spaced z-scored crops per
+"""Benchmark probe feature extraction (features.encoder_features: 8 evenly spaced z-scored crops per
 scan through a frozen encoder, SPEC §9) for a preset on the current device.
 
 Random scans (C = 457, T = 200) and a randomly initialised encoder: throughput does not depend on
@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402
+import features  # noqa: E402
 import networks  # noqa: E402
-import probe  # noqa: E402
 import runtime  # noqa: E402
 from bench.report import (add_common_args, device_columns, emit, medians_row,  # noqa: E402
                           random_scans, setup)
@@ -32,18 +32,18 @@ from encoder import Encoder, EncoderConfig  # noqa: E402
 
 
 def time_features(enc, scans, device, batch_size, precision, repeats=1):
-    """Seconds of each of `repeats` whole passes of probe.encoder_features over `scans` (after one
+    """Seconds of each of `repeats` whole passes of features.encoder_features over `scans` (after one
     untimed warm-up pass over one forward's worth of scans)."""
     k = max(1, batch_size // 8)                                     # one forward's worth of scans
     warm = data.Scans(data=scans.data[:k], lengths=scans.lengths[:k], subjects=scans.subjects[:k])
-    probe.encoder_features(enc, warm, batch_size=batch_size, device=device, label="warm-up", precision=precision)
+    features.encoder_features(enc, warm, batch_size=batch_size, device=device, label="warm-up", precision=precision)
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        probe.encoder_features(enc, scans, batch_size=batch_size, device=device, label="timed", precision=precision)
+        features.encoder_features(enc, scans, batch_size=batch_size, device=device, label="timed", precision=precision)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import data  # noqa: E402
 import networks  # noqa: E402
 from bench.report import (add_common_args, device_columns, emit, medians_row,  # noqa: E402
                           random_scans, setup)
 from runtime import keep_freed_memory  # noqa: E402
+from scans import TrainBatches  # noqa: E402
 from train import encoder_config, resolve_config  # noqa: E402
 from trainer import Trainer  # noqa: E402
 
@@ -44,7 +44,7 @@ def make_trainer(preset, batch_size, device, precision="auto", compile="off", sc
     enc_cfg = encoder_config(cfg)
     network_map = networks.default_network_map() if network_map is None else network_map
     scans = scans if scans is not None else random_scans(2 * batch_size, n_rois=len(network_map))
-    batches = data.TrainBatches(scans, device=device, crop_len=enc_cfg.crop_len)
+    batches = TrainBatches(scans, device=device, crop_len=enc_cfg.crop_len)
     return Trainer(cfg, enc_cfg, network_map, batches, cfg.steps, device, compile_backend=compile_backend)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.coupling import grouped_r2, network_fc  # noqa: E402
+from scans import fisher_z  # noqa: E402
 
 
 def test_grouped_r2_finds_a_linear_target_and_nothing_in_noise():
@@ -32,7 +33,7 @@ def test_network_fc_is_fisher_z_of_pearson_upper_triangle():
     x = rng.standard_normal((3, 5, 40)) + rng.standard_normal((3, 1, 40))   # (B, N, t), shared signal
     fc = network_fc(x)                                                    # (B, 10)
     i, j = np.triu_indices(5, 1)
-    want = np.stack([np.arctanh(np.corrcoef(b)[i, j]) for b in x])
+    want = np.stack([fisher_z(np.corrcoef(b)[i, j]) for b in x])
     np.testing.assert_allclose(fc, want, rtol=1e-6, atol=1e-6)
 
 
@@ -40,12 +41,13 @@ def test_supervised_check_fits_and_reports_held_out_r2(capsys):
     import data
     from bench.coupling import supervised_check
     from encoder import EncoderConfig
+    from scans import probe_crops
     rng = np.random.default_rng(3)
     net_of = np.repeat(np.arange(3), [5, 7, 4])                           # 16 ROIs, 3 networks
     x = rng.standard_normal((6, 16, 60)).astype(np.float32)
     scans = data.Scans(data=x, lengths=np.full(6, 60), subjects=[f"s{i}" for i in range(6)])
     cfg = EncoderConfig(dim=16, depth=1, heads=2, crop_len=40, patch_len=10)
-    test = data.probe_crops(scans, np.arange(2), 40, 4).flatten(0, 1)     # (8, C, T')
+    test = probe_crops(scans, np.arange(2), 40, 4).flatten(0, 1)          # (8, C, T')
     supervised_check(cfg, net_of, scans, test, steps=2, batch_scans=2, log_every=1)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| supervised")]
     assert [ln.split("|")[2].strip() for ln in lines] == ["step 1", "step 2"]

@@ -16,6 +16,7 @@ import synthetic
 from checkpoint import load_teacher, save_teacher
 from encoder import Encoder, EncoderConfig
 from networks import default_network_map
+from scans import probe_crops
 from test_h5 import IDS, write_authors_h5
 
 NET_MAP = np.repeat(np.arange(3), 4)          # 12 ROIs in 3 networks
@@ -49,7 +50,7 @@ def npy(tmp_path):
 def _expected(ckpt, scans):
     """encoder.features of every probe crop, averaged per scan: (S, 2D)."""
     encoder, _ = load_teacher(ckpt)
-    crops = data.probe_crops(scans)                                        # (S, 8, C, T')
+    crops = probe_crops(scans)                                        # (S, 8, C, T')
     with torch.no_grad():
         f = encoder.features(crops.flatten(0, 1))                          # (S·8, 2D)
     return f.reshape(len(scans), 8, -1).mean(1).numpy()

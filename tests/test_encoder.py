@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import networks
 from encoder import Attention, Encoder, EncoderConfig, sincos_embedding

@@ -10,10 +10,12 @@ import torch
 
 import data
 import h5data
+import labels
 import probe
 from checkpoint import save_teacher
 from encoder import Encoder, EncoderConfig
 from networks import default_network_map
+from scans import TrainBatches, probe_crops, scan_fc
 
 LENGTHS = [130, 100, 60, 25, 130, 90]
 ATLAS_ROIS = {"schaefer400": 400, "tian3": 50, "buckner7": 7}
@@ -61,10 +63,10 @@ def test_atlases_concatenated_in_order_with_lengths_and_ids(h5):
         np.testing.assert_array_equal(sc.read([1], None)[0, 450:], f["timeseries/buckner7"][1])
     # everything downstream reads it like the same array in RAM
     ram = data.Scans(data=x, lengths=sc.lengths, subjects=sc.subjects)
-    torch.testing.assert_close(data.probe_crops(sc, [3, 0]), data.probe_crops(ram, [3, 0]))
-    np.testing.assert_array_equal(data.scan_fc(sc, [2]), data.scan_fc(ram, [2]))
+    torch.testing.assert_close(probe_crops(sc, [3, 0]), probe_crops(ram, [3, 0]))
+    np.testing.assert_array_equal(scan_fc(sc, [2]), scan_fc(ram, [2]))
     for resident in (True, False):
-        x1, x2 = data.TrainBatches(sc, resident=resident, augment=False).next_batch(2)
+        x1, x2 = TrainBatches(sc, resident=resident, augment=False).next_batch(2)
         assert x1.shape == x2.shape == (2, 457, 100) and torch.isfinite(x1).all()
 
 
@@ -128,17 +130,17 @@ def test_label_datasets(h5, tmp_path):
     p, _ = h5
     sc = data.load_scans(p)
     assert h5data.label_names(p, 6) == ["age", "sex_bi"]
-    values, subjects, notes = probe.task_labels("sex_bi", None, sc, True)
+    values, subjects, notes = labels.task_labels("sex_bi", None, sc, True)
     assert values == ["0", "0", "1", "1", "0", "0"] and subjects == IDS and notes == []
-    assert probe.task_labels("age", None, sc, True)[0][:2] == ["20", "30"]
+    assert labels.task_labels("age", None, sc, True)[0][:2] == ["20", "30"]
     q = tmp_path / "nested.h5"
     write_authors_h5(q, **{"labels/sex": np.array([b"M", b"F", b"n/a"] * 2), "labels/iq": np.array([1.5, np.nan] * 3)})
     sq = data.load_scans(q)
-    assert probe.task_labels("labels/sex", None, sq, True)[0] == ["M", "F", None] * 2
-    assert probe.task_labels("labels/iq", None, sq, True)[0] == ["1.5", None] * 3
+    assert labels.task_labels("labels/sex", None, sq, True)[0] == ["M", "F", None] * 2
+    assert labels.task_labels("labels/iq", None, sq, True)[0] == ["1.5", None] * 3
     csv = tmp_path / "labels.csv"                                           # --labels wins over the file's own
     csv.write_text("subject,sex_bi\n" + "".join(f"sub-{i:03d},{'MF'[i % 2]}\n" for i in range(3)))
-    assert probe.task_labels("sex_bi", csv, sc, True)[0] == ["M", "M", "F", "F", "M", "M"]
+    assert labels.task_labels("sex_bi", csv, sc, True)[0] == ["M", "M", "F", "F", "M", "M"]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""Linear probing (SPEC §9): labels -> tasks, subject-level splits, per-subject crop averaging,
-baselines, the CLI end to end on a tiny encoder, and every user error's message."""
+"""Linear probing (SPEC §9): per-subject crop averaging, no subject leaking across splits, the
+baselines, the CLI end to end on a tiny encoder, and every user error's message. Labels, tasks and
+splits: test_labels.py."""
 import json
 
 import numpy as np
@@ -8,91 +9,19 @@ from sklearn.linear_model import LogisticRegression
 import torch
 
 import data
+import features
+import linear_probe
 import probe
 import synthetic
 from checkpoint import save_teacher
 from encoder import Encoder, EncoderConfig
+from labels import make_task, split_subjects
+from scans import fisher_z
 
 NET_MAP = np.repeat(np.arange(3), 4)          # 12 ROIs in 3 networks
 
 
-def _task(y, subjects=None, **kw):
-    subjects = subjects if subjects is not None else [f"s{i}" for i in range(len(y))]
-    return probe.make_task("t", [None if v is None else str(v) for v in y], subjects, **kw)
-
-
-# ---------------------------------------------------------------- labels -> task
-
-def test_task_type_auto_and_overrides():
-    assert _task([0, 1, 2] * 5).kind == "classification"
-    assert _task(["M", "F"] * 5).classes == ["F", "M"]
-    assert _task(["1", "1.0", "0", "2"] * 3).classes == ["0", "1", "2"]
-    reg = _task(np.linspace(20, 80, 30))
-    assert reg.kind == "regression" and reg.classes is None
-    assert _task(list(range(30))).kind == "regression"                     # > 10 integers
-    assert _task([0, 1, 2] * 5, task_type="regression").kind == "regression"
-    binned = _task(np.arange(30.0), bins=3)
-    assert binned.kind == "classification" and np.bincount(binned.y).tolist() == [10, 10, 10]
-
-
-def test_missing_labels_dropped_and_counted():
-    t = _task([0, 1, None, 1, 0, None])
-    assert t.n_missing == 2 and t.scans.tolist() == [0, 1, 3, 4]
-
-
-def test_scans_collapse_to_subjects():
-    t = _task([0, 0, 1, 1], subjects=["a", "a", "b", "b"])
-    assert t.subjects == ["a", "b"] and t.unit.tolist() == [0, 0, 1, 1] and t.y.tolist() == [0, 1]
-    with pytest.raises(ValueError, match="constant within a subject"):
-        _task([0, 1], subjects=["a", "a"])
-
-
-def test_labels_matched_by_subject_id(tmp_path):
-    f = tmp_path / "labels.tsv"
-    f.write_text("participant_id\tdx\nsub-02\t1\nsub-01\t0\nsub-09\t1\n")
-    header, rows = probe.read_labels(f)
-    values, subjects, notes = probe.scan_labels(header, rows, "dx", ["01", "02", "02", "03"], True)
-    assert values == ["0", "1", "1", None]
-    assert any("no row" in n for n in notes) and any("no scan" in n for n in notes)
-    # a single array carries no ids: rows are scans, the subject column groups them
-    values, subjects, _ = probe.scan_labels(header, rows, "dx", ["0", "1", "2"], False)
-    assert values == ["1", "0", "1"] and subjects == ["sub-02", "sub-01", "sub-09"]
-
-
-def test_label_errors(tmp_path):
-    f = tmp_path / "labels.csv"
-    f.write_text("subject,sz,age\na,1,30\nb,0,40\n")
-    header, rows = probe.read_labels(f)
-    with pytest.raises(ValueError, match="unknown task 'mdd'.*available: sz, age"):
-        probe.scan_labels(header, rows, "mdd", ["a", "b"], True)
-    with pytest.raises(ValueError, match="2 rows but there are 3 scans"):
-        probe.scan_labels(header, rows, "sz", ["x", "y", "z"], False)
-    with pytest.raises(ValueError, match="no subject in the labels matches"):
-        probe.scan_labels(header, rows, "sz", ["x", "y"], True)
-    with pytest.raises(ValueError, match="labels file not found"):
-        probe.read_labels(tmp_path / "nope.csv")
-    with pytest.raises(ValueError, match="at least 3 per class"):
-        probe.check_splittable(_task([0] * 10 + [1] * 2), (4, 1, 8))
-    with pytest.raises(ValueError, match="at least 2 subjects in each"):
-        probe.check_splittable(_task(np.linspace(0, 1, 5) + 0.01), (4, 1, 8))
-    with pytest.raises(ValueError, match="distinct non-numeric"):
-        _task([f"site{i}" for i in range(20)])
-
-
-# ---------------------------------------------------------------- splits
-
-def test_split_deterministic_stratified_disjoint():
-    t = _task([0] * 60 + [1] * 30 + [2] * 13)
-    a, b = probe.split_subjects(t, seed=3), probe.split_subjects(t, seed=3)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, probe.split_subjects(t, seed=4)))
-    train, val, test = a
-    assert len(np.concatenate(a)) == len(np.unique(np.concatenate(a))) == 103
-    for c, n in enumerate([60, 30, 13]):                                   # 4:1:8 inside every class
-        k = [int((t.y[s] == c).sum()) for s in (train, val, test)]
-        assert abs(k[0] - n * 4 / 13) < 1 and abs(k[1] - n / 13) < 1 and sum(k) == n
-    assert len(probe.split_subjects(_task([0, 1] * 3), seed=0)[1]) == 2     # smallest class still in val
-
+# ---------------------------------------------------------------- the probe
 
 def _subject_feats(n_subj, scans_per_subj, crops, dim, seed=0):
     """Features that identify a subject and nothing else (labels are coin flips)."""
@@ -106,16 +35,16 @@ def _subject_feats(n_subj, scans_per_subj, crops, dim, seed=0):
 
 def test_no_subject_leaks_across_splits():
     feats, subjects, values = _subject_feats(60, 3, 4, 40)
-    t = probe.make_task("t", values, subjects)
-    train, val, test = probe.split_subjects(t, seed=0)
-    _, u_tr = probe._rows(feats, t, train)
+    t = make_task("t", values, subjects)
+    train, val, test = split_subjects(t, seed=0)
+    _, u_tr = linear_probe._rows(feats, t, train)
     assert set(train[u_tr]).isdisjoint(test) and set(train[u_tr]).isdisjoint(val)
     # if scans (or crops) of a test subject reached training, memorising the subject's fingerprint
     # would score ~100% on random labels; split by subject it stays near chance
-    res = probe.run_probe(feats, t, seeds=range(3))
+    res = linear_probe.run_probe(feats, t, seeds=range(3))
     assert res["summary"]["balanced_accuracy"]["mean"] < 0.75
     for r in res["repeats"]:                                               # one score per test subject
-        assert np.sum(r["confusion"]) == r["n_test"] == len(probe.split_subjects(t, seed=r["seed"])[2])
+        assert np.sum(r["confusion"]) == r["n_test"] == len(split_subjects(t, seed=r["seed"])[2])
 
 
 def test_crop_scores_are_averaged_per_subject():
@@ -124,8 +53,8 @@ def test_crop_scores_are_averaged_per_subject():
     y = rng.integers(0, 2, 200)
     crop_sign = np.where(rng.random((200, 8)) < 0.75, 1, -1) * np.where(y, 1, -1)[:, None]   # (S, K)
     feats = (crop_sign[..., None] + 0.3 * rng.normal(size=(200, 8, 3))).astype(np.float32)
-    t = probe.make_task("t", [str(v) for v in y], [f"s{i}" for i in range(200)])
-    res = probe.run_probe(feats, t, seeds=[0, 1])
+    t = make_task("t", [str(v) for v in y], [f"s{i}" for i in range(200)])
+    res = linear_probe.run_probe(feats, t, seeds=[0, 1])
     assert res["summary"]["balanced_accuracy"]["mean"] > 0.86
 
 
@@ -134,8 +63,8 @@ def test_regression_metrics_and_wide_features():
     target = rng.normal(size=100)
     feats = rng.normal(size=(100, 1, 500)).astype(np.float32)              # more features than samples
     feats[:, 0, :50] += target[:, None]
-    t = probe.make_task("age", [str(v) for v in target], [f"s{i}" for i in range(100)])
-    res = probe.run_probe(feats, t, seeds=[0, 1])
+    t = make_task("age", [str(v) for v in target], [f"s{i}" for i in range(100)])
+    res = linear_probe.run_probe(feats, t, seeds=[0, 1])
     assert set(res["summary"]) == {"mae", "r2", "pearson_r"}
     assert res["summary"]["pearson_r"]["mean"] > 0.5 and len(res["repeats"]) == 2
 
@@ -145,9 +74,9 @@ def test_fc_features_fisher_z():
     x = rng.normal(size=(2, 4, 50))
     x[1, :, 30:] = np.nan                                                  # shorter scan, NaN-padded
     scans = data.Scans(data=x.astype(np.float32), lengths=np.array([50, 30]), subjects=["a", "b"])
-    f = probe.fc_features(scans)
+    f = features.fc_features(scans)
     assert f.shape == (2, 1, 6)
-    np.testing.assert_allclose(f[1, 0, 0], np.arctanh(np.corrcoef(x[1, :, :30])[0, 1]), rtol=1e-5)
+    np.testing.assert_allclose(f[1, 0, 0], fisher_z(np.corrcoef(x[1, :, :30])[0, 1]), rtol=1e-5)
 
 
 # ---------------------------------------------------------------- CLI end to end (tiny encoder)
@@ -199,7 +128,7 @@ def test_cli_three_classes_then_regression_reuses_cache(ckpt, tmp_path, monkeypa
 
     def no_extraction(*a, **k):
         raise AssertionError("features should come from the cache")
-    monkeypatch.setattr(probe, "encoder_features", no_extraction)
+    monkeypatch.setattr(features, "encoder_features", no_extraction)
     rep = probe.main(base + ["--task", "age", "--seeds", "3,4", "--baselines", "random"])
     assert rep["kind"] == "regression" and set(rep["methods"]) == {"teacher", "random"}
     assert set(rep["methods"]["teacher"]["summary"]) == {"mae", "r2", "pearson_r"}
@@ -276,7 +205,7 @@ def test_row_space_fit_is_exact():
     rng = np.random.default_rng(3)
     x_tr, x_te = rng.normal(size=(20, 200)), rng.normal(size=(7, 200))
     y = rng.integers(0, 2, 20)
-    z_tr, [(z_te, _)] = probe.row_space(x_tr.astype(np.float32), [(x_te.astype(np.float32), None)])
+    z_tr, [(z_te, _)] = linear_probe.row_space(x_tr.astype(np.float32), [(x_te.astype(np.float32), None)])
     assert z_tr.shape == (20, 20)
     full = LogisticRegression(C=0.1, tol=1e-10, max_iter=5000).fit(x_tr, y).decision_function(x_te)
     small = LogisticRegression(C=0.1, tol=1e-10, max_iter=5000).fit(z_tr, y).decision_function(z_te)
@@ -297,8 +226,8 @@ def test_cli_task_all_every_label_in_one_table(ckpt, tmp_path, monkeypatch, caps
     folder = synthetic.make_synthetic_cohort(tmp_path / "syn", n_pretrain_subjects=2, scans_per_subject=1, n_probe=40,
                                              length_range=(100, 120), network_map=NET_MAP)
     monkeypatch.setattr(synthetic, "ensure_synthetic_cohort", lambda: folder)
-    extracted, real = [], probe.encoder_features
-    monkeypatch.setattr(probe, "encoder_features", lambda *a, **k: extracted.append(a[-1]) or real(*a, **k))
+    extracted, real = [], features.encoder_features
+    monkeypatch.setattr(features, "encoder_features", lambda *a, **k: extracted.append(a[-1]) or real(*a, **k))
     out = tmp_path / "all.json"
     rep = probe.main(["--ckpt", str(ckpt), "--task", "all", "--repeats", "2", "--no-cache", "--max-iter", "100",
                       "--out", str(out)])

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
 import objective
-import probe
+import features
 import runtime
 import train
 from bench.probe import random_encoder
@@ -239,7 +239,7 @@ def test_bf16_features_on_cpu_are_float32_and_close_to_fp32():
     scans = random_scans(4, n_rois=len(SMALL_MAP), length=150)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        f32, f16 = (probe.encoder_features(enc, scans, n_crops=8, precision=p) for p in ("fp32", "bf16"))
+        f32, f16 = (features.encoder_features(enc, scans, n_crops=8, precision=p) for p in ("fp32", "bf16"))
     assert f16.dtype == np.float32 and f16.shape == f32.shape == (4, 8, 64)
     assert np.linalg.norm(f16 - f32) / np.linalg.norm(f32) < 0.02
     cos = (f16 * f32).sum(-1) / (np.linalg.norm(f16, axis=-1) * np.linalg.norm(f32, axis=-1))

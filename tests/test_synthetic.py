@@ -10,6 +10,7 @@ import torch
 
 import data
 import synthetic
+from scans import fisher_z, scan_fc, zscore
 
 NET9 = np.repeat(np.arange(9), 4)       # 36 ROIs in the 9 networks of the default map (fast)
 
@@ -50,7 +51,7 @@ def test_synthetic_subjects_have_a_within_network_fingerprint(tmp_path):
         d = synthetic.make_synthetic_cohort(tmp_path / str(topography), n_pretrain_subjects=6, scans_per_subject=2,
                                             n_probe=2, length_range=(300, 300), seed=3, topography=topography,
                                             **sizes)
-        fc = data.scan_fc(data.load_scans(d / "pretrain.npy"))                  # (12, C, C)
+        fc = scan_fc(data.load_scans(d / "pretrain.npy"))                  # (12, C, C)
         m = np.loadtxt(d / "network_map.txt", dtype=int)
         i, j = np.triu_indices(len(m), 1)
         w = fc[:, i[m[i] == m[j]], j[m[i] == m[j]]]                              # within-network edges
@@ -118,14 +119,14 @@ def _fc_block(fc, a, b):
 
 def _autocorrelation(scans, nets, lag=1):
     """Lag-`lag` autocorrelation (S,) of the z-scored ROIs of the given networks, averaged over ROIs."""
-    z = data.zscore(torch.from_numpy(scans.read(np.arange(len(scans)))), torch.as_tensor(scans.lengths)).numpy()
+    z = zscore(torch.from_numpy(scans.read(np.arange(len(scans)))), torch.as_tensor(scans.lengths)).numpy()
     x = z[:, np.isin(NET9, nets)]
     return (x[..., lag:] * x[..., :-lag]).sum(-1).mean(1) / (z.shape[-1] - lag)
 
 
 def _statistic(mechanism, scans):
     """The statistic each pure label's mechanism changes (synthetic.DESIGN), one value per scan."""
-    fc = np.arctanh(np.clip(data.scan_fc(scans), -0.999, 0.999))
+    fc = fisher_z(scan_fc(scans))
     design = synthetic.DESIGN[f"mech_{'global' if mechanism == 'gain' else mechanism}"][mechanism]
     if mechanism == "within":
         return sum(_fc_block(fc, n, n) for n in design)                       # within-network FC
@@ -161,7 +162,7 @@ def test_timescale_leaves_fc_alone_and_within_leaves_spectra_alone(default_sizes
     """The two mechanisms built to be pure: the timescale label changes no zero-lag correlation (FC
     cannot see it), the within label no ROI's spectrum."""
     scans, labels = default_sizes
-    fc = np.arctanh(np.clip(data.scan_fc(scans), -0.999, 0.999))
+    fc = fisher_z(scan_fc(scans))
     nets = list(synthetic.DESIGN["mech_timescale"]["timescale"])
     assert abs(_t(sum(_fc_block(fc, n, n) for n in nets), labels["mech_timescale"])) < 3
     assert abs(_t(_autocorrelation(scans, list(synthetic.DESIGN["mech_within"]["within"])),

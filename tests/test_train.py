@@ -23,6 +23,7 @@ import synthetic
 import train
 import trainer
 from conftest import script_env, use_test_settings
+from scans import probe_crops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dim", "32", "--depth", "1", "--heads", "2", "--proj-hidden", "64", "--batch-size", "8",
@@ -118,7 +119,7 @@ def test_synthetic_run_writes_loadable_teacher(cohort, tmp_path, monkeypatch, ca
     raw = torch.load(out / "teacher.pt", weights_only=True)
     assert raw["step"] == 3 and raw["train_config"]["dim"] == 32
     enc, meta = checkpoint.load_teacher(out / "teacher.pt")
-    x = data.probe_crops(data.load_scans(cohort / "probe.npy"), n_crops=2).flatten(0, 1)
+    x = probe_crops(data.load_scans(cohort / "probe.npy"), n_crops=2).flatten(0, 1)
     with torch.no_grad():
         f = enc.features(x)
     assert f.shape == (8, 64) and torch.isfinite(f).all()

@@ -1,0 +1,58 @@
+"""Files the pipeline writes and recognises: the one atomic write and the one file identity key.
+
+- `atomic_write(path, mode="wb")`: a context manager yielding a file open for writing; on a clean
+  exit the data are fsynced and the file replaces `path` in one step (a temporary file in the same
+  folder, then os.replace), so a crash or kill never leaves a half-written checkpoint, feature cache
+  or synthetic cohort file behind, and readers see the old file or the new one. On an error the
+  temporary file is removed and `path` is untouched.
+- `file_key(paths, *extra)`: a short hash of each file's resolved path, size and modification time
+  (plus `extra`), used as a cache key: it changes when a file is rewritten, without reading it.
+
+No SPEC section: plumbing. Used by checkpoint.py, features.py (the probe feature cache), synthetic.py
+and data.py (Scans.key).
+
+    python -c "import fileio; print(fileio.file_key(['fileio.py']))"
+"""
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Write `path` all or nothing: `with atomic_write(p) as f: torch.save(obj, f)`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable; not possible on every platform
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def file_key(paths, *extra) -> str:
+    """16 hex digits identifying the files `paths` as they are now (path, size, mtime) and `extra`."""
+    h = hashlib.sha1()
+    for p in paths:
+        p = Path(p).resolve()
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    h.update(repr(extra).encode())
+    return h.hexdigest()[:16]
