@@ -332,13 +332,17 @@ def load_init(path, network_map=None):
     return EncoderConfig(**asdict(config)), m, states
 
 
-def check_architecture(run_config, ckpt_config, path):
-    """A clear error naming every architecture field where the run and the checkpoint differ."""
+def check_architecture(run_config, ckpt_config, path, run_map, ckpt_map):
+    """A clear error naming every architecture field where the run and the checkpoint differ, or
+    saying that their ROI -> network maps differ."""
     diff = [f"{k} {getattr(ckpt_config, k)} in the checkpoint, {getattr(run_config, k)} in this run"
             for k in ARCHITECTURE if getattr(ckpt_config, k) != getattr(run_config, k)]
     if diff:
         raise ValueError(f"--init-from {path}: the model does not match this run's architecture ({'; '.join(diff)}). "
                          f"Choose the --preset (or --dim/--depth/--heads/--proj-hidden) the checkpoint was trained with")
+    if not np.array_equal(run_map, ckpt_map):
+        raise ValueError(f"--init-from {path}: the checkpoint was trained with another ROI -> network map "
+                         f"({len(ckpt_map)} ROIs, {int(ckpt_map.max()) + 1} networks); pass that map with --networks")
 
 
 # ----------------------------------------------------------------------------- command line

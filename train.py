@@ -34,7 +34,6 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-import numpy as np
 import torch.distributed as dist
 
 import checkpoint
@@ -297,21 +296,10 @@ def training_batches(cfg, scans, enc_cfg, device, rank, world):
     if n_subjects < cfg.batch_size:
         raise ValueError(f"the data have {n_subjects} subjects ({len(scans)} scans) but --batch-size is "
                          f"{cfg.batch_size}; use a batch size of at most {n_subjects}")
-    return TrainBatches(scans, device=device, crop_len=enc_cfg.crop_len, seed=cfg.seed,
-                             rank=rank, world_size=world)
+    return TrainBatches(scans, device=device, crop_len=enc_cfg.crop_len, seed=cfg.seed, rank=rank, world_size=world)
 
 
 # ----------------------------------------------------------------------------- models
-
-def load_init_weights(path, enc_cfg, network_map):
-    """--init-from: the checkpoint's weights, after checking they fit this run's architecture and map."""
-    ckpt_cfg, m, states = checkpoint.load_init(path, network_map)
-    checkpoint.check_architecture(enc_cfg, ckpt_cfg, path)
-    if not np.array_equal(m, network_map):
-        raise ValueError(f"--init-from {path}: the checkpoint was trained with another ROI -> network map "
-                         f"({len(m)} ROIs, {int(m.max()) + 1} networks); pass that map with --networks")
-    return states
-
 
 def start_weights(tr, cfg, enc_cfg, network_map, state, files):
     """Random weights, --init-from's, or on --resume the saved state -> the step to start from."""
@@ -320,7 +308,8 @@ def start_weights(tr, cfg, enc_cfg, network_map, state, files):
         files.log, files.separation = state["log"], state.get("separation", {})
         return state["step"]
     if cfg.init_from:
-        states = load_init_weights(cfg.init_from, enc_cfg, network_map)
+        ckpt_cfg, ckpt_map, states = checkpoint.load_init(cfg.init_from, network_map)
+        checkpoint.check_architecture(enc_cfg, ckpt_cfg, cfg.init_from, network_map, ckpt_map)
         tr.init_from(states)
         _say(files.rank, f"initialised student and teacher from {cfg.init_from}" + (
             " (encoders and projection head)" if states["student"]["head"] is not None else
