@@ -116,3 +116,11 @@ def test_failed_write_keeps_previous_file(teacher_file, encoder, monkeypatch):
         checkpoint.save_teacher(teacher_file, encoder, networks.default_network_map(), 8, {})
     assert teacher_file.read_bytes() == before
     assert os.listdir(teacher_file.parent) == ["teacher.pt"]
+
+
+def test_init_from_names_a_different_network_map():
+    cfg, m = EncoderConfig(), np.array([0, 0, 1, 1, 2])
+    checkpoint.check_architecture(cfg, cfg, "x.pt", m, m.copy())   # same map: fine
+    with pytest.raises(ValueError, match=r"x.pt: the checkpoint was trained with another ROI -> network map "
+                                         r"\(5 ROIs, 2 networks\); pass that map with --networks"):
+        checkpoint.check_architecture(cfg, cfg, "x.pt", m, np.array([0, 0, 1, 1, 1]))
