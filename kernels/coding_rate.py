@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import check_views
+
 _COS_EPS = 1e-8   # F.cosine_similarity's default eps
 
 
@@ -183,20 +185,6 @@ def _precision(t: torch.Tensor) -> str:
     return "tf32" if t.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
-def _check_views(student_views, teacher_views):
-    views = tuple(student_views) + tuple(teacher_views)
-    if len(student_views) != 2 or len(teacher_views) != 2:
-        raise ValueError(f"mcr_loss needs 2 student and 2 teacher views, got {len(student_views)} "
-                         f"and {len(teacher_views)}")
-    shape = views[0].shape
-    if len(shape) != 2 or any(v.shape != shape for v in views):
-        raise ValueError(f"all views must share one (m, p) shape, got {[tuple(v.shape) for v in views]}")
-    if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"mcr_loss needs at least one row and one column, got views of shape {tuple(shape)}")
-    if len({v.device for v in views}) != 1:
-        raise ValueError("student and teacher views are on different devices")
-
-
 class McrLoss(torch.autograd.Function):
     """(s1, s2, t1, t2) -> (loss, comp, expa); gradients for the student views only."""
 
@@ -246,7 +234,7 @@ class McrLoss(torch.autograd.Function):
 def mcr_loss_triton(student_views, teacher_views, eps: float = 0.05, *, blocks: McrBlocks = None):
     """Same signature and results as `losses.mcr_loss_reference`: views are 2-tuples of (m, p);
     returns (loss, comp, expa) scalars; the teacher views get no gradient."""
-    _check_views(student_views, teacher_views)
+    check_views(student_views, teacher_views)
     s1, s2 = (v.contiguous() for v in student_views)
     t1, t2 = (v.detach().contiguous() for v in teacher_views)
     with torch.autocast(s1.device.type, enabled=False):     # statistics are fp32 whatever autocast says
