@@ -55,17 +55,9 @@ def coding_rate(z, eps=0.05):
         return torch.linalg.cholesky_ex(a).L.diagonal().log().sum()    # 1/2 logdet = sum log diag(L)
 
 
-def _check_views(student_views, teacher_views):
-    if len(student_views) != 2 or len(teacher_views) != 2:
-        raise ValueError(f"expected 2 student and 2 teacher views, got {len(student_views)} and {len(teacher_views)}")
-    shapes = {tuple(v.shape) for v in (*student_views, *teacher_views)}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"all views must share one (m, p) shape, got {sorted(shapes)}")
-
-
 def mcr_loss_reference(student_views, teacher_views, eps=0.05):
     """L_MCR (SPEC §7) in plain PyTorch, the ground truth. Views: 2-tuples of (m, p) -> (loss, comp, expa)."""
-    _check_views(student_views, teacher_views)
+    kernels.check_views(student_views, teacher_views)
     with runtime.no_autocast(student_views[0].device):
         s1, s2 = (_exact(s) for s in student_views)
         t1, t2 = (_exact(t.detach()) for t in teacher_views)
@@ -77,11 +69,8 @@ def mcr_loss_reference(student_views, teacher_views, eps=0.05):
 
 
 def mcr_loss(student_views, teacher_views, eps=0.05):
-    """L_MCR: the Triton kernel (kernels.mcr_loss) where kernels.use_triton says so, else the reference."""
-    impl = getattr(kernels, "mcr_loss", None)  # optional: the model works without the kernel
-    if impl is not None and kernels.use_triton(student_views[0]):
-        return impl(student_views, teacher_views, eps)
-    return mcr_loss_reference(student_views, teacher_views, eps)
+    """L_MCR by the path kernels.mcr_path picks: the reference above, or the Triton kernel."""
+    return kernels.mcr_loss(student_views, teacher_views, eps, reference=mcr_loss_reference)
 
 
 def network_summaries(tokens, n_networks):

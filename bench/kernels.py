@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+
 def network_counts():
     """R_n of the SPEC's default 457-ROI map (61, 77, 46, 47, 26, 52, 91, 50, 7)."""
     import numpy as np
@@ -81,7 +82,8 @@ PAPER_CONV = dict(B=1024, counts=None, T=100, L=20, K=16, D=768)   # counts None
 
 def bench_conv(dtype, iters, compile_ref, blocks=None, device="cuda", shape=None):
     """Tokenizer conv fwd and fwd+bwd: reference (+ compiled) vs Triton -> [(case name, run_case result)]."""
-    from kernels.tokenizer_conv import grouped_conv_gelu_mean_reference, grouped_conv_gelu_mean_triton
+    from kernels.composed import grouped_conv_gelu_mean_reference
+    from kernels.tokenizer_conv import grouped_conv_gelu_mean_triton
     sh = {**PAPER_CONV, **(shape or {})}
     counts = sh["counts"] or network_counts()
     B, T, L, K, D = (sh[k] for k in ("B", "T", "L", "K", "D"))

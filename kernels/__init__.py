@@ -1,26 +1,40 @@
-"""Triton kernels for the two hot paths of Brain-Semantoks, and the one place that picks them.
+"""Fast paths for the two hot ops of Brain-Semantoks, and the one place that picks them.
 
-- `tokenizer_conv.py`: all N per-network tokenizer convolutions in one launch, with the GELU and
-  the time mean fused (SPEC §3).
-- `coding_rate.py`: the statistics of the MCR loss (SPEC §7) in one pass over the batch.
+The paper's form of each op is written where a reader meets it: the tokenizer in tokenizer.py
+(SPEC §3), the MCR loss in losses.py (SPEC §7). This package holds faster ways to compute the
+same numbers, each tested for parity with that reference (tests/test_tokenizer.py: every tokenizer
+path; tests/test_kernels.py: the Triton kernels, skipped where triton is not installed):
 
-Each kernel sits beside a plain-PyTorch reference, which is the ground truth. This package is a
-leaf: it imports nothing of the model. The model calls `use_triton(tensor)` and nothing else
-decides which path runs:
+- `factored.py`: the tokenizer with its branches as GEMMs over all time points (PyTorch; the CPU path);
+- `composed.py`: the tokenizer as one ragged conv per network (PyTorch; the reference of the kernel);
+- `tokenizer_conv.py`: that ragged conv + GELU + time mean fused in Triton;
+- `coding_rate.py`: the MCR loss with its batch reduction in Triton.
 
-    CUDA tensor, or TRITON_INTERPRET=1 (CPU interpreter)  ->  Triton
-    anything else, or kernels disabled (--no-kernels)      ->  PyTorch reference
+The package is a leaf: it imports nothing of the model, and its functions take tensors. Triton is
+imported only when a Triton path runs, so everything else works where triton is not installed.
+One function per op says which path runs (`tokenizer_path`, `mcr_path`); today's rule:
+
+    op          Triton can run (`use_triton`: a CUDA     otherwise (CPU tensor, --no-kernels,
+                tensor or TRITON_INTERPRET=1, triton     or triton not installed)
+                installed, kernels enabled)
+    tokenizer   triton                                   factored
+    MCR loss    triton                                   reference (losses.mcr_loss_reference)
+
+Each (op, path) is logged once, the first time it runs.
+
+    python -m pytest -q tests/test_tokenizer.py tests/test_losses.py tests/test_kernels.py
 """
 import contextlib
 import logging
 import os
+from typing import NamedTuple
 
 import torch
 
 log = logging.getLogger("brain_semantoks.kernels")
 
 _enabled = True          # flipped by train.py --no-kernels, and by tests
-_announced = set()       # which paths have been logged already
+_announced = set()       # which (op, path) pairs have been logged already
 
 
 def _triton_importable() -> bool:
@@ -39,14 +53,14 @@ def interpreter_on() -> bool:
 
 
 def set_enabled(flag: bool) -> None:
-    """Allow (True) or forbid (False) the Triton path everywhere."""
+    """Allow (True) or forbid (False) the Triton paths everywhere."""
     global _enabled
     _enabled = bool(flag)
 
 
 @contextlib.contextmanager
 def enabled(flag: bool):
-    """Temporarily allow or forbid the Triton path (tests, A/B benchmarks)."""
+    """Temporarily allow or forbid the Triton paths (tests, A/B benchmarks)."""
     global _enabled
     before, _enabled = _enabled, bool(flag)
     try:
@@ -56,15 +70,69 @@ def enabled(flag: bool):
 
 
 def use_triton(t: torch.Tensor) -> bool:
-    """The dispatch: True when `t` should go through a Triton kernel. Logs once per path."""
-    triton_path = _enabled and _HAVE_TRITON and (t.is_cuda or interpreter_on())
-    path = "triton" + (" (interpreter)" if triton_path and not t.is_cuda else "") if triton_path else "pytorch"
-    if path not in _announced:
-        _announced.add(path)
-        why = "" if triton_path else (" (kernels disabled)" if not _enabled else
-                                      " (triton not installed)" if not _HAVE_TRITON else " (no CUDA tensor)")
-        log.info("kernels: using the %s path%s", path, why)
-    return triton_path
+    """True when Triton can run on `t`: kernels enabled, triton installed, and `t` on CUDA or the
+    CPU interpreter switched on. The per-op rules below build on it."""
+    return _enabled and _HAVE_TRITON and (t.is_cuda or interpreter_on())
+
+
+def _announce(op: str, path: str, t: torch.Tensor) -> str:
+    """Log once per (op, path) which implementation runs, and why not Triton; returns `path`."""
+    if (op, path) not in _announced:
+        _announced.add((op, path))
+        if path == "triton":
+            why = "" if t.is_cuda else " (interpreter)"
+        elif use_triton(t):
+            why = ""                       # Triton could run: the rule chose otherwise
+        else:
+            why = (" (kernels disabled)" if not _enabled else
+                   " (triton not installed)" if not _HAVE_TRITON else " (no CUDA tensor)")
+        log.info("kernels: %s runs the %s path%s", op, path, why)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# the tokenizer op: branches, GELU, time mean (SPEC §3 up to the LayerNorm)
+# ---------------------------------------------------------------------------------------------
+class TokenizerWeights(NamedTuple):
+    """The tokenizer's parameters in the linear form the fast paths take (tokenizer.py builds it).
+    ROIs are sorted by network; "pair" j = (network n, roi r, head h) = pair_offsets[n] + r*H_n + h."""
+    dense_weight: torch.Tensor   # (C, 3, D/2)  'same' 3-tap conv of each ROI
+    dense_bias: torch.Tensor     # (N, D/2)
+    sg_taps: torch.Tensor        # (M, K) structured branch as cross-correlation taps (zero padding
+                                 #        (K-1)//2 left, K//2 right), the skip D in the centre tap
+    lin_weight: torch.Tensor     # (M, D/2)     Linear over the (roi, head) channels
+    lin_bias: torch.Tensor       # (N, D/2)
+    offsets: tuple               # N+1 ROI offsets of the networks
+    pair_offsets: tuple          # N+1 pair offsets of the networks
+    patch_len: int               # L
+
+
+def tokenizer_path(x: torch.Tensor) -> str:
+    """THE rule for the tokenizer op: "reference", "factored", "composed" or "triton".
+    (A GPU run measured the Triton conv at 0.54x the composed PyTorch conv, fwd+bwd on H100 bf16;
+    to run that instead on CUDA: `"composed" if x.is_cuda else ...`.)"""
+    return _announce("tokenizer", "triton" if use_triton(x) else "factored", x)
+
+
+def tokenizer_conv_gelu_mean(xs: torch.Tensor, w: TokenizerWeights, reference) -> torch.Tensor:
+    """The tokenizer op by the path `tokenizer_path` picks. xs (B, C, T') with ROIs sorted by
+    network, w the same parameters in linear form, reference(xs) the paper's form -> (B, N, P, D)."""
+    path = tokenizer_path(xs)
+    if path == "reference":
+        return reference(xs)
+    if path == "factored":
+        from .factored import factored_conv_gelu_mean
+        return factored_conv_gelu_mean(xs, w)
+    from .composed import compose_weights, grouped_conv_gelu_mean_reference
+    with torch.autocast(xs.device.type, enabled=False):  # compose in full precision, then cast once
+        weight, bias = compose_weights(w)                # (C, K, D), (N, D)
+    if path == "composed":
+        return grouped_conv_gelu_mean_reference(xs, weight, bias, w.offsets, w.patch_len)
+    # the kernel is a conv: under autocast it runs in the autocast dtype, as torch's conv would
+    # (x is fp32 data, so x.dtype alone would keep the GPU kernel in fp32 under bf16 autocast)
+    on = torch.is_autocast_enabled(xs.device.type)
+    dt = torch.get_autocast_dtype(xs.device.type) if on else xs.dtype
+    return grouped_conv_gelu_mean(xs.to(dt), weight.to(dt), bias.to(dt), w.offsets, w.patch_len)
 
 
 @torch.compiler.disable
@@ -79,19 +147,37 @@ def _eager(fn, *args, **kwargs):
 
 def grouped_conv_gelu_mean(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                            offsets: tuple, patch_len: int) -> torch.Tensor:
-    """All N per-network tokenizer convs + GELU + time mean (see tokenizer_conv.py for the math).
-
-    x (B, C, T') ROIs sorted by network, weight (C, K, D), bias (N, D) -> (B, N, P, D)."""
-    from . import tokenizer_conv
-    if use_triton(x):
-        return _eager(tokenizer_conv.grouped_conv_gelu_mean_triton, x, weight, bias, offsets, patch_len)
-    return tokenizer_conv.grouped_conv_gelu_mean_reference(x, weight, bias, offsets, patch_len)
+    """The Triton kernel of tokenizer_conv.py: all N per-network convs + GELU + time mean in one
+    launch. x (B, C, T') ROIs sorted by network, weight (C, K, D), bias (N, D) -> (B, N, P, D)."""
+    from .tokenizer_conv import grouped_conv_gelu_mean_triton
+    return _eager(grouped_conv_gelu_mean_triton, x, weight, bias, offsets, patch_len)
 
 
-def mcr_loss(student_views, teacher_views, eps: float = 0.05):
-    """The MCR loss (SPEC §7) through the Triton kernel of coding_rate.py -> (loss, comp, expa).
+# ---------------------------------------------------------------------------------------------
+# the MCR loss op (SPEC §7)
+# ---------------------------------------------------------------------------------------------
+def check_views(student_views, teacher_views) -> None:
+    """The MCR loss's inputs: 2 student and 2 teacher views of one (m, p) shape, m, p >= 1, one device."""
+    views = tuple(student_views) + tuple(teacher_views)
+    if len(student_views) != 2 or len(teacher_views) != 2:
+        raise ValueError(f"expected 2 student and 2 teacher views, got {len(student_views)} and {len(teacher_views)}")
+    shape = views[0].shape
+    if len(shape) != 2 or any(v.shape != shape for v in views):
+        raise ValueError(f"all views must share one (m, p) shape, got {[tuple(v.shape) for v in views]}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"mcr_loss needs at least one row and one column, got views of shape {tuple(shape)}")
+    if len({v.device for v in views}) != 1:
+        raise ValueError("student and teacher views are on different devices")
 
-    No dispatch here: `losses.mcr_loss` asks `use_triton` and holds the PyTorch reference (this
-    package imports nothing of the model)."""
+
+def mcr_path(s: torch.Tensor) -> str:
+    """THE rule for the MCR loss: "reference" or "triton"."""
+    return _announce("MCR loss", "triton" if use_triton(s) else "reference", s)
+
+
+def mcr_loss(student_views, teacher_views, eps: float, reference):
+    """L_MCR by the path `mcr_path` picks -> (loss, comp, expa); reference: losses.mcr_loss_reference."""
+    if mcr_path(student_views[0]) == "reference":
+        return reference(student_views, teacher_views, eps)
     from .coding_rate import mcr_loss_triton
     return _eager(mcr_loss_triton, student_views, teacher_views, eps)

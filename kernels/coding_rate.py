@@ -31,7 +31,45 @@ import torch
 import triton
 import triton.language as tl
 
+from . import check_views
+
 _COS_EPS = 1e-8   # F.cosine_similarity's default eps
+
+
+@triton.jit
+def _cos_sums(s1_ptr, t1_ptr, s2_ptr, t2_ptr, row_lo, row_hi, p, cos_eps,
+              BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Σ cos(t1, s2) and Σ cos(t2, s1) over rows row_lo..row_hi-1, BLOCK_P columns at a time."""
+    mm = tl.arange(0, BLOCK_M)
+    cos12 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    cos21 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for r0 in range(row_lo, row_hi, BLOCK_M):
+        rows = r0 + mm
+        r_ok = rows < row_hi
+        d12 = tl.zeros((BLOCK_M,), dtype=tl.float32)   # <t1, s2>
+        d21 = tl.zeros((BLOCK_M,), dtype=tl.float32)   # <t2, s1>
+        q_s1 = tl.zeros((BLOCK_M,), dtype=tl.float32)  # squared norms
+        q_t1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        q_s2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        q_t2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for c0 in range(0, p, BLOCK_P):
+            cols = c0 + tl.arange(0, BLOCK_P)
+            off = rows[:, None] * p + cols[None, :]              # (BLOCK_M, BLOCK_P)
+            ok = r_ok[:, None] & (cols < p)[None, :]
+            s1 = tl.load(s1_ptr + off, mask=ok, other=0.0).to(tl.float32)
+            t1 = tl.load(t1_ptr + off, mask=ok, other=0.0).to(tl.float32)
+            s2 = tl.load(s2_ptr + off, mask=ok, other=0.0).to(tl.float32)
+            t2 = tl.load(t2_ptr + off, mask=ok, other=0.0).to(tl.float32)
+            d12 += tl.sum(t1 * s2, axis=1)
+            d21 += tl.sum(t2 * s1, axis=1)
+            q_s1 += tl.sum(s1 * s1, axis=1)
+            q_t1 += tl.sum(t1 * t1, axis=1)
+            q_s2 += tl.sum(s2 * s2, axis=1)
+            q_t2 += tl.sum(t2 * t2, axis=1)
+        # F.cosine_similarity: each norm clamped to eps separately
+        cos12 += tl.where(r_ok, d12 / (tl.maximum(tl.sqrt(q_t1), cos_eps) * tl.maximum(tl.sqrt(q_s2), cos_eps)), 0.0)
+        cos21 += tl.where(r_ok, d21 / (tl.maximum(tl.sqrt(q_t2), cos_eps) * tl.maximum(tl.sqrt(q_s1), cos_eps)), 0.0)
+    return tl.sum(cos12, axis=0), tl.sum(cos21, axis=0)
 
 
 @triton.jit
@@ -73,37 +111,10 @@ def _mcr_stats_kernel(
     tl.store(gram_ptr + (pid_s * 2 + 0) * p * p + out, acc1, mask=out_ok)
     tl.store(gram_ptr + (pid_s * 2 + 1) * p * p + out, acc2, mask=out_ok)
 
-    if pid_t == 0:   # the cosines need whole rows: one program per split does them, BLOCK_P columns at a time
-        cos12 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        cos21 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for r0 in range(row_lo, row_hi, BLOCK_M):
-            rows = r0 + mm
-            r_ok = rows < row_hi
-            d12 = tl.zeros((BLOCK_M,), dtype=tl.float32)   # <t1, s2>
-            d21 = tl.zeros((BLOCK_M,), dtype=tl.float32)   # <t2, s1>
-            q_s1 = tl.zeros((BLOCK_M,), dtype=tl.float32)  # squared norms
-            q_t1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            q_s2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            q_t2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for c0 in range(0, p, BLOCK_P):
-                cols = c0 + tl.arange(0, BLOCK_P)
-                off = rows[:, None] * p + cols[None, :]              # (BLOCK_M, BLOCK_P)
-                ok = r_ok[:, None] & (cols < p)[None, :]
-                s1 = tl.load(s1_ptr + off, mask=ok, other=0.0).to(tl.float32)
-                t1 = tl.load(t1_ptr + off, mask=ok, other=0.0).to(tl.float32)
-                s2 = tl.load(s2_ptr + off, mask=ok, other=0.0).to(tl.float32)
-                t2 = tl.load(t2_ptr + off, mask=ok, other=0.0).to(tl.float32)
-                d12 += tl.sum(t1 * s2, axis=1)
-                d21 += tl.sum(t2 * s1, axis=1)
-                q_s1 += tl.sum(s1 * s1, axis=1)
-                q_t1 += tl.sum(t1 * t1, axis=1)
-                q_s2 += tl.sum(s2 * s2, axis=1)
-                q_t2 += tl.sum(t2 * t2, axis=1)
-            # F.cosine_similarity: each norm clamped to eps separately
-            cos12 += tl.where(r_ok, d12 / (tl.maximum(tl.sqrt(q_t1), cos_eps) * tl.maximum(tl.sqrt(q_s2), cos_eps)), 0.0)
-            cos21 += tl.where(r_ok, d21 / (tl.maximum(tl.sqrt(q_t2), cos_eps) * tl.maximum(tl.sqrt(q_s1), cos_eps)), 0.0)
-        tl.store(cos_ptr + pid_s * 2 + 0, tl.sum(cos12, axis=0))
-        tl.store(cos_ptr + pid_s * 2 + 1, tl.sum(cos21, axis=0))
+    if pid_t == 0:   # the cosines need whole rows: one program per split does them
+        cos12, cos21 = _cos_sums(s1_ptr, t1_ptr, s2_ptr, t2_ptr, row_lo, row_hi, p, cos_eps, BLOCK_M, BLOCK_P)
+        tl.store(cos_ptr + pid_s * 2 + 0, cos12)
+        tl.store(cos_ptr + pid_s * 2 + 1, cos21)
 
 
 @triton.jit
@@ -183,20 +194,6 @@ def _precision(t: torch.Tensor) -> str:
     return "tf32" if t.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
-def _check_views(student_views, teacher_views):
-    views = tuple(student_views) + tuple(teacher_views)
-    if len(student_views) != 2 or len(teacher_views) != 2:
-        raise ValueError(f"mcr_loss needs 2 student and 2 teacher views, got {len(student_views)} "
-                         f"and {len(teacher_views)}")
-    shape = views[0].shape
-    if len(shape) != 2 or any(v.shape != shape for v in views):
-        raise ValueError(f"all views must share one (m, p) shape, got {[tuple(v.shape) for v in views]}")
-    if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"mcr_loss needs at least one row and one column, got views of shape {tuple(shape)}")
-    if len({v.device for v in views}) != 1:
-        raise ValueError("student and teacher views are on different devices")
-
-
 class McrLoss(torch.autograd.Function):
     """(s1, s2, t1, t2) -> (loss, comp, expa); gradients for the student views only."""
 
@@ -246,7 +243,7 @@ class McrLoss(torch.autograd.Function):
 def mcr_loss_triton(student_views, teacher_views, eps: float = 0.05, *, blocks: McrBlocks = None):
     """Same signature and results as `losses.mcr_loss_reference`: views are 2-tuples of (m, p);
     returns (loss, comp, expa) scalars; the teacher views get no gradient."""
-    _check_views(student_views, teacher_views)
+    check_views(student_views, teacher_views)
     s1, s2 = (v.contiguous() for v in student_views)
     t1, t2 = (v.detach().contiguous() for v in teacher_views)
     with torch.autocast(s1.device.type, enabled=False):     # statistics are fp32 whatever autocast says

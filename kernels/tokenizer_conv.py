@@ -1,47 +1,22 @@
-"""The semantic tokenizer's hot path: N ragged per-network convolutions, GELU, time mean.
+"""The tokenizer's ragged conv + GELU + time mean fused in one Triton launch (forward and backward).
 
-Math (SPEC §3). ROIs are sorted so that network n owns rows offsets[n]:offsets[n+1] of x. Both
-tokenizer branches are linear in x before the GELU, so each network's tokenizer is one conv with
-K (= 16) taps from its R_n ROIs to D channels. Over the L time points of each patch p, with zero
-padding of (K-1)//2 on the left and K//2 on the right *inside the patch* (patches never see each
-other):
-
-    h[b, n, p, t, o] = bias[n, o] + sum_{c in net n} sum_k weight[c, k, o] * x[b, c, p*L + t + k - (K-1)//2]
-    out[b, n, p, o]  = mean_t GELU(h[b, n, p, t, o])                       (exact, erf GELU)
-
-`weight` stacks every network's (R_n, K, D) block along the ROI axis, so it is (C, K, D) with no
-padding; the block-diagonal structure is carried by `offsets` alone.
-
-Below the reference: the Triton implementation (`grouped_conv_gelu_mean_triton`, forward and
-backward kernels in one autograd.Function); its design is described where it starts.
+Computes exactly what `composed.grouped_conv_gelu_mean_reference` computes (the math is written
+there): all N per-network convs of x (B, C, T') with weight (C, K, D) and bias (N, D), ROIs sorted
+by network and split by `offsets`, each followed by GELU and the mean over the L time points of a
+patch -> (B, N, P, D). The design of the kernels is described where they start, below.
 
     python -m pytest -q tests/test_kernels.py     # parity with the reference (CPU interpreter)
     python bench/kernels.py [--dtype bf16]        # timings on a CUDA GPU
 """
+import dataclasses
+import functools
+
 import torch
-import torch.nn.functional as F
-
-
-def grouped_conv_gelu_mean_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                                     offsets: tuple, patch_len: int) -> torch.Tensor:
-    """Plain-PyTorch ground truth. x (B, C, T'), weight (C, K, D), bias (N, D) -> (B, N, P, D)."""
-    B, C, T = x.shape
-    K, D = weight.shape[1], weight.shape[2]
-    L = patch_len
-    P = T // L
-    xp = F.pad(x.reshape(B, C, P, L), ((K - 1) // 2, K // 2))       # (B, C, P, L+K-1)
-    win = xp.unfold(-1, K, 1).permute(0, 2, 3, 1, 4)               # (B, P, L, C, K)
-    outs = []
-    for n in range(len(offsets) - 1):
-        a, b = offsets[n], offsets[n + 1]
-        h = win[:, :, :, a:b, :].reshape(B * P * L, (b - a) * K) @ weight[a:b].reshape((b - a) * K, D)
-        outs.append(F.gelu(h + bias[n]).reshape(B, P, L, D).mean(2))  # (B, P, D)
-    return torch.stack(outs, 1)                                     # (B, N, P, D)
+import triton
+import triton.language as tl
 
 
 # ---------------------------------------------------------------------------------------------
-# Triton implementation
-#
 # Forward. Write M for the (row, t) pairs, row = (b, p) in 0..B*P-1, and J_n = R_n*K for the
 # reduction index j = (c, k) of network n (c = offsets[n] + j // K, k = j % K). With x_t[row, j] =
 # x[b, c, p*L + t + k - (K-1)//2] (zero outside the patch), each network's pre-activation at time t
@@ -63,13 +38,6 @@ def grouped_conv_gelu_mean_reference(x: torch.Tensor, weight: torch.Tensor, bias
 # valid taps k and all of D -- each x element belongs to exactly one program, so no atomics and the
 # result is deterministic. gh is the one large temporary (N*B*P*L*D in x's dtype, backward only).
 # ---------------------------------------------------------------------------------------------
-import dataclasses  # noqa: E402
-import functools  # noqa: E402
-
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-
 @triton.jit
 def _gelu_erf(h):
     return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))          # 1/sqrt(2)
@@ -396,7 +364,7 @@ class GroupedConvGeluMean(torch.autograd.Function):
 
 def grouped_conv_gelu_mean_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                                   offsets: tuple, patch_len: int, *, blocks: ConvBlocks = None) -> torch.Tensor:
-    """Same contract as `grouped_conv_gelu_mean_reference`, one fused launch (differentiable).
+    """Same contract as `composed.grouped_conv_gelu_mean_reference`, one fused launch (differentiable).
     x (B, C, T'), weight (C, K, D), bias (N, D), offsets N+1 ints -> (B, N, P, D), in the dtype the
     reference returns (x, weight, bias promoted). Under autocast, x and weight go to the tensor cores
     in the autocast dtype (as the reference's matmul would); accumulation and GELU are always fp32.

@@ -1,7 +1,8 @@
-"""Triton kernels against their PyTorch references: values and gradients, the dispatch, and the
-full tokenizer path. On a CPU everything runs under the Triton interpreter (conftest sets
+"""Triton kernels against their PyTorch references: values and gradients, the dispatch picking them,
+and the full tokenizer path. On a CPU everything runs under the Triton interpreter (conftest sets
 TRITON_INTERPRET=1), so shapes are small and tiles large (few programs); the CUDA section runs the
-GPU tiles at paper-like shapes and is skipped without a GPU.
+GPU tiles at paper-like shapes and is skipped without a GPU. The whole file is skipped where triton
+is not installed (the PyTorch paths are checked in test_tokenizer.py and test_losses.py).
 
     python -m pytest -q tests/test_kernels.py
 """
@@ -15,11 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import coding_rate, tokenizer_conv
-from kernels.coding_rate import McrBlocks, mcr_loss_triton
-from kernels.tokenizer_conv import ConvBlocks, grouped_conv_gelu_mean_reference, grouped_conv_gelu_mean_triton
-from losses import mcr_loss, mcr_loss_reference
+pytest.importorskip("triton")
+
+import kernels  # noqa: E402
+import losses  # noqa: E402
+from kernels import coding_rate, factored  # noqa: E402
+from kernels.coding_rate import McrBlocks, mcr_loss_triton  # noqa: E402
+from kernels.composed import grouped_conv_gelu_mean_reference  # noqa: E402
+from kernels.tokenizer_conv import ConvBlocks, grouped_conv_gelu_mean_triton  # noqa: E402
+from losses import mcr_loss, mcr_loss_reference  # noqa: E402
+from tokenizer import SemanticTokenizer  # noqa: E402
 
 # fp32 on the interpreter: kernel and reference sum the same fp32 products in a different order
 # (tiles over (ROI, tap), time, rows), so they agree to a few ulp of the largest partial sums.
@@ -213,34 +219,38 @@ def test_mcr_bad_views_raise(student, teacher, match):
 # ---------------------------------------------------------------------------------------------
 # dispatch
 # ---------------------------------------------------------------------------------------------
-def test_dispatch_picks_triton_when_enabled_and_reference_when_disabled(monkeypatch):
+def test_dispatch_picks_triton_when_enabled_and_pytorch_when_disabled(monkeypatch):
     calls = []
-    monkeypatch.setattr(tokenizer_conv, "grouped_conv_gelu_mean_triton", lambda *a: calls.append("triton"))
-    monkeypatch.setattr(tokenizer_conv, "grouped_conv_gelu_mean_reference", lambda *a: calls.append("reference"))
+    monkeypatch.setattr(kernels, "grouped_conv_gelu_mean", lambda *a: calls.append("triton"))
+    monkeypatch.setattr(factored, "factored_conv_gelu_mean", lambda *a: calls.append("factored"))
     monkeypatch.setattr(coding_rate, "mcr_loss_triton", lambda *a: calls.append("mcr triton") or (0, 0, 0))
+    monkeypatch.setattr(losses, "mcr_loss_reference", lambda *a: calls.append("mcr reference") or (0, 0, 0))
+    tok = SemanticTokenizer([0, 1], dim=4, patch_len=4)
     x = torch.zeros(1, 2, 4)
     s, t = mcr_inputs(4, 8)
-    with kernels.enabled(True):
-        assert kernels.use_triton(x)                  # CPU tensor, interpreter on
-        kernels.grouped_conv_gelu_mean(x, None, None, (0, 2), 4)
+    with kernels.enabled(True):                   # CPU tensor, interpreter on
+        assert kernels.tokenizer_path(x) == "triton" and kernels.mcr_path(s[0]) == "triton"
+        kernels.tokenizer_conv_gelu_mean(x, tok.linear_form(), None)
         mcr_loss(s, t)
     with kernels.enabled(False):
-        assert not kernels.use_triton(x)
-        kernels.grouped_conv_gelu_mean(x, None, None, (0, 2), 4)
-    assert calls == ["triton", "mcr triton", "reference"]
+        assert kernels.tokenizer_path(x) == "factored" and kernels.mcr_path(s[0]) == "reference"
+        kernels.tokenizer_conv_gelu_mean(x, tok.linear_form(), None)
+        mcr_loss(s, t)
+    assert calls == ["triton", "mcr triton", "factored", "mcr reference"]
 
 
 def test_dispatch_logs_each_path_once(monkeypatch, caplog):
     monkeypatch.setattr(kernels, "_announced", set())
     x = torch.zeros(1)
     with caplog.at_level(logging.INFO, logger="brain_semantoks.kernels"):
-        with kernels.enabled(True):
-            kernels.use_triton(x), kernels.use_triton(x)
-        with kernels.enabled(False):
-            kernels.use_triton(x), kernels.use_triton(x)
+        for flag in (True, False):
+            with kernels.enabled(flag):
+                kernels.tokenizer_path(x), kernels.tokenizer_path(x), kernels.mcr_path(x), kernels.mcr_path(x)
     msgs = [r.getMessage() for r in caplog.records]
-    assert msgs == ["kernels: using the triton (interpreter) path",
-                    "kernels: using the pytorch path (kernels disabled)"]
+    assert msgs == ["kernels: tokenizer runs the triton path (interpreter)",
+                    "kernels: MCR loss runs the triton path (interpreter)",
+                    "kernels: tokenizer runs the factored path (kernels disabled)",
+                    "kernels: MCR loss runs the reference path (kernels disabled)"]
 
 
 def test_mcr_through_losses_same_with_and_without_kernels():
@@ -258,7 +268,6 @@ def test_mcr_through_losses_same_with_and_without_kernels():
 # ---------------------------------------------------------------------------------------------
 def test_semantic_tokenizer_same_with_and_without_kernels():
     """Forward values and every parameter's gradient (through the composed conv weight) agree."""
-    from tokenizer import SemanticTokenizer
     torch.manual_seed(0)
     network_map = np.array([0, 1, 0, 2, 2, 1, 2, 0, 2, 2, 1])       # unsorted ROIs, N = 3
     tok = SemanticTokenizer(network_map, dim=16, patch_len=5)

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import kernels
 from losses import (ProjectionHead, coding_rate, mcr_loss, mcr_loss_reference, network_summaries,
                     token_loss, ttr_loss)
 
@@ -111,3 +112,15 @@ def test_bad_input():
         mcr_loss((z, z), (z, z[:2]))
     with pytest.raises(ValueError, match="expected 2 student and 2 teacher views"):
         mcr_loss((z, z, z), (z, z))
+
+
+def test_mcr_rule_without_triton_is_the_reference(monkeypatch, caplog):
+    """Where triton is not installed mcr_loss runs the reference, and the log says why, once."""
+    monkeypatch.setattr(kernels, "_HAVE_TRITON", False)
+    monkeypatch.setattr(kernels, "_announced", set())
+    s1, s2, t1, t2 = (_unit(10, 6, seed=i) for i in range(4))
+    with caplog.at_level("INFO", logger="brain_semantoks.kernels"), kernels.enabled(True):
+        got, again = mcr_loss((s1, s2), (t1, t2)), mcr_loss((s1, s2), (t1, t2))
+    assert [r.getMessage() for r in caplog.records] == ["kernels: MCR loss runs the reference path (triton not installed)"]
+    for a, b in zip(got, mcr_loss_reference((s1, s2), (t1, t2))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -192,12 +192,12 @@ def test_step_traced_on_the_meta_device():
 def test_tokenizer_kernel_runs_in_the_autocast_dtype(monkeypatch):
     """Under bf16 autocast the Triton conv gets bf16 inputs, as torch's own conv would; fp32 data
     alone would have kept it in fp32 on the GPU."""
-    from kernels import tokenizer_conv
+    from kernels import composed
     seen = []
 
     def spy(x, w, b, offsets, patch_len):
         seen.append((x.dtype, w.dtype, b.dtype))
-        return tokenizer_conv.grouped_conv_gelu_mean_reference(x, w, b, offsets, patch_len)
+        return composed.grouped_conv_gelu_mean_reference(x, w, b, offsets, patch_len)
 
     monkeypatch.setattr(kernels, "grouped_conv_gelu_mean", spy)
     enc = random_encoder("demo", "cpu", network_map=SMALL_MAP, **{k: v for k, v in TINY.items() if k != "proj_hidden"})

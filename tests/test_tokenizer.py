@@ -1,68 +1,46 @@
-"""Semantic tokenizer: both evaluation paths equal a literal per-network SPEC §3 tokenizer.
+"""Semantic tokenizer (SPEC §3): its paper form equals the authors' model, and every faster path of
+kernels/ equals its paper form (values and the gradients of input and all parameters).
 
-The PyTorch path (factored branches) is checked in float64 to 1e-10. The Triton path (composed
-one-conv weights, fused kernel; here on the CPU interpreter) computes in float32 whatever the
-input dtype, so it is held to float32 tolerances."""
+Paths: "factored" (the CPU path) and "composed" (the PyTorch reference of the Triton kernel) are
+checked in float64 to 1e-10: same math, sums in another order. "triton" (CPU interpreter; skipped
+without triton) computes in float32 whatever the input dtype, so it is held to float32 tolerances.
+
+    python -m pytest -q tests/test_tokenizer.py
+"""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+import checkpoint
 import kernels
 import networks
+from kernels.composed import compose_weights
 from tokenizer import SemanticTokenizer
 
-
-def literal_tokenizer(tok, x):
-    """SPEC §3 written out per network with the tokenizer's parameters viewed in the SPEC's layout:
-    Conv1d 'same', explicit multi-scale SG kernels, a literal true convolution, skip, Linear."""
-    m = tok.network_map.numpy()
-    half, S, L = tok.dim // 2, tok.n_scales, tok.patch_len
-    B, C, T = x.shape
-    P = T // L
-    out = []
-    for n in range(tok.n_networks):
-        rois = np.flatnonzero(m == n)
-        R = len(rois)
-        H = math.ceil(half / R)
-        a, b = tok.offsets[n], tok.offsets[n + 1]
-        pa, pb = tok.pair_offsets[n], tok.pair_offsets[n + 1]
-        conv_w = tok.dense_weight[a:b].permute(2, 0, 1)                         # (D/2, R, 3)
-        scales = [tok.sg_kernel[i, pa:pb].view(R, H, 4).transpose(0, 1) for i in range(S)]  # (H, R, 4)
-        skip = tok.sg_skip[pa:pb].view(R, H).T                                  # (H, R)
-        lin_w = tok.lin_weight[pa:pb].T                                         # (D/2, R*H), input r*H + h
-
-        kern = torch.cat([F.interpolate(k, scale_factor=2 ** max(0, i - 1), mode="nearest") * 2 ** (S - i - 1)
-                          for i, k in enumerate(scales)], -1)                   # (H, R, 16)
-        kern = kern / kern.norm(dim=-1, keepdim=True).detach()                  # norm fixed at first forward
-        K = kern.shape[-1]
-
-        xp = x[:, rois].reshape(B, R, P, L).permute(0, 2, 1, 3).reshape(B * P, R, L)  # patches independent
-        dense = F.conv1d(xp, conv_w, tok.dense_bias[n], padding="same")         # (BP, D/2, L)
-        xpad = F.pad(xp, ((K - 1) // 2, K // 2))                                # 7 left, 8 right
-        sg = torch.zeros(B * P, R, H, L, dtype=x.dtype)
-        kk = kern.permute(1, 0, 2)                                              # (R, H, K)
-        for j in range(K):                                                      # y[t] = sum_j k[j] xpad[t + K-1 - j]
-            sg = sg + kk[None, :, :, j, None] * xpad[:, :, None, K - 1 - j:K - 1 - j + L]
-        sg = sg + skip.T[None, :, :, None] * xp[:, :, None, :]                  # (BP, R, H, L)
-        sg = torch.einsum("oc,bcl->bol", lin_w, sg.reshape(B * P, R * H, L)) + tok.lin_bias[n][:, None]
-        h = F.gelu(torch.cat([dense, sg], 1)).mean(-1)                          # (BP, D)
-        h = F.layer_norm(h, (tok.dim,), tok.norm_weight[n], tok.norm_bias[n])
-        out.append(h.reshape(B, P, tok.dim))
-    return torch.stack(out, 1)                                                  # (B, N, P, D)
+FIXTURES = Path(__file__).parent / "fixtures" / "authors"
 
 
-def _grads(tok, x, fn, w):
+def force_path(monkeypatch, path):
+    """Run the tokenizer op by `path`: replaces kernels.tokenizer_path, the one rule."""
+    if path == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setattr(kernels, "tokenizer_path", lambda x: path)
+
+
+def _grads(tok, x, w):
     tok.zero_grad()
     x = x.detach().requires_grad_()
-    y = fn(x)
-    (y * w).sum().backward()
+    y = tok(x)
+    (y * w).sum().backward()                                     # the same upstream gradient w for every path
     return y.detach(), x.grad, {k: p.grad.clone() for k, p in tok.named_parameters()}
 
 
-PATHS = {"pytorch": dict(y=dict(rtol=1e-10, atol=1e-10), g=dict(rtol=1e-9, atol=1e-10)),
+# float64: PyTorch paths agree to rounding; triton: fp32 inside -> a few fp32 ulp of O(C*K)-term sums
+PATHS = {"factored": dict(y=dict(rtol=1e-10, atol=1e-10), g=dict(rtol=1e-9, atol=1e-10)),
+         "composed": dict(y=dict(rtol=1e-10, atol=1e-10), g=dict(rtol=1e-9, atol=1e-10)),
          "triton": dict(y=dict(rtol=1e-4, atol=1e-5), g=dict(rtol=1e-4, atol=1e-5))}
 
 
@@ -72,7 +50,7 @@ PATHS = {"pytorch": dict(y=dict(rtol=1e-10, atol=1e-10), g=dict(rtol=1e-9, atol=
     ([1, 0, 0, 2, 0, 1], 6, 20, 40, 3),                   # patch longer than the kernel
     ([0, 1, 0, 1, 1], 8, 5, 15, 2),                       # 8-tap kernel, patch shorter than the kernel
 ])
-def test_matches_literal_spec(net_map, dim, patch_len, T, n_scales, path):
+def test_matches_literal_spec(net_map, dim, patch_len, T, n_scales, path, monkeypatch):
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float64)  # so the SG norm buffer is measured in float64 too
     try:
@@ -85,10 +63,10 @@ def test_matches_literal_spec(net_map, dim, patch_len, T, n_scales, path):
         tok.lin_weight.mul_(20)
     x = torch.randn(2, len(net_map), T, dtype=torch.float64)
     w = torch.randn(2, tok.n_networks, T // patch_len, dim, dtype=torch.float64)
-    with kernels.enabled(path == "triton"):
-        assert kernels.use_triton(x) == (path == "triton")
-        y, gx, g = _grads(tok, x, tok, w)
-    y_ref, gx_ref, g_ref = _grads(tok, x, lambda v: literal_tokenizer(tok, v), w)
+    force_path(monkeypatch, "reference")
+    y_ref, gx_ref, g_ref = _grads(tok, x, w)
+    force_path(monkeypatch, path)
+    y, gx, g = _grads(tok, x, w)
     tol = PATHS[path]
     assert y.shape == (2, tok.n_networks, T // patch_len, dim)
     torch.testing.assert_close(y, y_ref, **tol["y"])
@@ -96,6 +74,47 @@ def test_matches_literal_spec(net_map, dim, patch_len, T, n_scales, path):
     for name in g_ref:
         assert g[name].abs().sum() > 0, name
         torch.testing.assert_close(g[name], g_ref[name], **tol["g"], msg=name)
+
+
+@pytest.mark.parametrize("path", ["factored", "composed"])
+def test_bf16_autocast_matches_paper_form(path, monkeypatch):
+    """Under bf16 autocast each path rounds its own matmul/conv operands to bf16 (8 bits), in
+    different places, so values and gradients agree to bf16 precision only: 3e-2 of the largest."""
+    torch.manual_seed(0)
+    tok = SemanticTokenizer([0, 1, 0, 2, 2, 1, 2, 0, 2, 2, 1], dim=16, patch_len=5)
+    x, w = torch.randn(3, 11, 10), torch.randn(3, 3, 2, 16)
+    results = []
+    for p in ("reference", path):
+        force_path(monkeypatch, p)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(_grads(tok, x, w))
+    (y_ref, gx_ref, g_ref), (y, gx, g) = results
+    assert y.dtype == y_ref.dtype == torch.float32                # the LayerNorm runs in float32
+    for got, want in [(y, y_ref), (gx, gx_ref)] + [(g[k], g_ref[k]) for k in g_ref]:
+        torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2 * want.abs().max().item())
+
+
+def test_paper_form_equals_the_authors_model(monkeypatch):
+    """The reference itself against the authors' code: their float64 checkpoint's teacher, its
+    outputs as their model computed them (tests/fixtures/authors)."""
+    ref = torch.load(FIXTURES / "reference.pt", weights_only=True)
+    encoder, _ = checkpoint.load_teacher(FIXTURES / "checkpoint_epoch_1.pth", dtype=torch.float64)
+    force_path(monkeypatch, "reference")
+    with torch.no_grad():
+        cls, tokens = encoder(ref["x"].double())
+    for got, want in ((cls, ref["teacher_cls"]), (tokens, ref["teacher_tokens"])):
+        assert (got - want).abs().max().item() <= 1e-10 * max(1.0, want.abs().max().item())
+
+
+def test_rule_without_triton_is_the_factored_path(monkeypatch, caplog):
+    """Where triton is not installed the rule falls back to the factored path, and says why, once."""
+    monkeypatch.setattr(kernels, "_HAVE_TRITON", False)
+    monkeypatch.setattr(kernels, "_announced", set())
+    x = torch.zeros(1, 2, 4)
+    with caplog.at_level("INFO", logger="brain_semantoks.kernels"), kernels.enabled(True):
+        assert kernels.tokenizer_path(x) == kernels.tokenizer_path(x) == "factored"
+    assert [r.getMessage() for r in caplog.records] == [
+        "kernels: tokenizer runs the factored path (triton not installed)"]
 
 
 def spec_tokenizer_parameters(network_map, dim, n_scales=3):
@@ -117,7 +136,7 @@ def test_default_map_shapes_and_parameter_count():
     assert tok.n_taps == 16 and tok.n_networks == 9 and tok.n_rois == 457
     assert n == spec_tokenizer_parameters(networks.default_network_map(), 768), f"9 tokenizers have {n:,} parameters"
     assert round(n / 1e6, 1) == 2.0                                       # SPEC §5: "the 9 tokenizers ≈ 2.0M"
-    weight, bias = tok.effective_weights()
+    weight, bias = compose_weights(tok.linear_form())
     assert weight.shape == (457, 16, 768) and bias.shape == (9, 768)
     z = SemanticTokenizer(networks.default_network_map(), dim=16)(torch.randn(2, 457, 100))
     assert z.shape == (2, 9, 5, 16)
