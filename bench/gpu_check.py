@@ -386,6 +386,17 @@ def header(plan, argv):
             f"CUDA {torch.version.cuda}; {runtime.describe(str(plan.device))}.\n")
 
 
+def write_report(path, plan, argv, results, seconds):
+    lines = [header(plan, argv), "| stage | result | time (budget) |", "|---|---|---|"]
+    lines += [f"| {title} | {'pass' if st == 'pass' else '**' + st + '**'} | {s:.0f} s ({plan.budget[n]} s) |"
+              for n, title, st, s, _ in results]
+    lines += [f"\nTotal {seconds:.0f} s.\n"]
+    for n, title, st, s, body in results:
+        lines += [f"### {title}\n", body]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -412,14 +423,7 @@ def main(argv=None):
             status, secs, body = run_stage(name, plan)
             print(f"gpu_check: {name}: {status} in {secs:.0f} s", flush=True)
             results.append((name, title, status, secs, body))
-    lines = [header(plan, argv), "| stage | result | time (budget) |", "|---|---|---|"]
-    lines += [f"| {title} | {'pass' if st == 'pass' else '**' + st + '**'} | {s:.0f} s ({plan.budget[n]} s) |"
-              for n, title, st, s, _ in results]
-    lines += [f"\nTotal {time.time() - t_all:.0f} s.\n"]
-    for n, title, st, s, body in results:
-        lines += [f"### {title}\n", body]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
+            write_report(args.out, plan, argv, results, time.time() - t_all)   # after each stage: a killed run keeps its report
     failed = [n for n, _, st, _, _ in results if st != "pass"]
     print(f"gpu_check: report in {args.out}; " + (f"FAILED: {', '.join(failed)}" if failed else "all stages passed"))
     return 1 if failed else 0
