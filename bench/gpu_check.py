@@ -47,15 +47,14 @@ import torch  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import data  # noqa: E402
 import kernels  # noqa: E402
 import networks  # noqa: E402
 import runtime  # noqa: E402
 import seeding  # noqa: E402
 from bench import kernels as bench_kernels  # noqa: E402
 from bench.probe import random_encoder, time_features  # noqa: E402
-from bench.report import cpu_name, random_scans  # noqa: E402
-from bench.train_step import make_trainer, time_steps, timed_step  # noqa: E402
+from bench.report import cpu_name, random_scans, synthetic_pool  # noqa: E402
+from bench.train_step import host_syncs, make_trainer, time_steps, timed_step  # noqa: E402
 
 PAPER_STEPS = 7600                      # SPEC §8: 100 epochs of 39,139 scans at batch 512
 UKB_SCANS = 39139
@@ -203,7 +202,7 @@ def stage_step(plan):
         mem = f"{gib:.1f} GiB" if plan.device.type == "cuda" else "n/a (CPU)"
         lines.append(f"| {k} | {med:.3f} | {plan.batch / med:.0f} | {mem} | {proj:.1f} min | "
                      f"{'yes' if proj <= TARGET_MIN else 'no'} | {'yes' if gib <= TARGET_GIB else 'no'} |")
-    lines += ["", _compare_losses(first), "", _host_syncs(trs["eager"], warm + plan.timed)]
+    lines += ["", _compare_losses(first), "", host_syncs(trs["eager"], warm + plan.timed)]
     md = "\n".join(lines) + "\n"
     if "DISAGREE" in md:
         raise StageFailed(md)
@@ -235,24 +234,6 @@ def _compare_losses(first):
     return "\n".join(out)
 
 
-def _host_syncs(tr, step):
-    """Device-to-host synchronisations inside one eager training step (CUDA's sync debug mode)."""
-    if tr.device.type != "cuda":
-        return "Host syncs per step: not measurable on the CPU (torch.cuda.set_sync_debug_mode needs CUDA)."
-    import warnings
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            tr.step(step)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    # the warning's file:line is the Python line whose op synchronised
-    syncs = [f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
-    where = "".join(f"\n- {s} ({syncs.count(s)}x)" for s in sorted(set(syncs)))
-    return f"Host syncs in one eager step: **{len(syncs)}**{where}"
-
 
 def stage_probe(plan):
     enc = random_encoder(plan.preset, plan.device, network_map=plan.map,
@@ -264,27 +245,6 @@ def stage_probe(plan):
     return (f"{crops} crops ({plan.probe_scans} scans x 8), batch {plan.probe_batch}, {prec}: "
             f"median {dt:.3f} s, **{crops / dt:.0f} crops/s** (whole pipeline: crops, z-scoring, encoder).\n")
 
-
-def synthetic_pool(n_scans, net_of, length, device, seed=0, chunk=2048):
-    """A UK-Biobank-sized pool, one scan per subject: AR(1)-smoothed network signals with random
-    couplings, spread over each network's ROIs with subject-specific loadings (a fingerprint), plus
-    noise. Generated on `device` chunk by chunk into a host float16 array -> data.Scans."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    net = torch.as_tensor(net_of, device=device)
-    N, C = int(net.max()) + 1, len(net_of)
-    out = np.empty((n_scans, C, length), dtype=np.float16)
-    kernel = (0.8 ** torch.arange(15, -1, -1, device=device, dtype=torch.float32)).view(1, 1, -1)
-    for s0 in range(0, n_scans, chunk):
-        b = min(chunk, n_scans - s0)
-        mix = torch.randn(b, N, N, device=device, generator=g) * 0.4 + torch.eye(N, device=device)
-        src = torch.randn(b * N, 1, length + 15, device=device, generator=g)
-        src = torch.nn.functional.conv1d(src, kernel).view(b, N, length)               # AR(1)-like
-        sig = mix @ src                                                                   # coupled networks
-        load = 1 + 0.5 * torch.randn(b, C, 1, device=device, generator=g)                # fingerprint
-        x = load * sig[:, net] + torch.randn(b, C, length, device=device, generator=g)
-        out[s0:s0 + b] = x.half().cpu().numpy()
-    return data.Scans(data=out, lengths=np.full(n_scans, length, dtype=np.int64),
-                      subjects=[f"sub-{i:05d}" for i in range(n_scans)])
 
 
 def stage_pretrain(plan, deadline):

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+import data
 import kernels
 import runtime
 
@@ -103,6 +104,28 @@ def random_scans(n_scans, n_rois=457, length=200, seed=0):
         scans.data = np.array(scans.data)   # off the memory map: the file goes with the folder
     return scans
 
+
+
+def synthetic_pool(n_scans, net_of, length, device, seed=0, chunk=2048):
+    """A UK-Biobank-sized pool, one scan per subject: AR(1)-smoothed network signals with random
+    couplings, spread over each network's ROIs with subject-specific loadings (a fingerprint), plus
+    noise. Generated on `device` chunk by chunk into a host float16 array -> data.Scans."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    net = torch.as_tensor(net_of, device=device)
+    N, C = int(net.max()) + 1, len(net_of)
+    out = np.empty((n_scans, C, length), dtype=np.float16)
+    kernel = (0.8 ** torch.arange(15, -1, -1, device=device, dtype=torch.float32)).view(1, 1, -1)
+    for s0 in range(0, n_scans, chunk):
+        b = min(chunk, n_scans - s0)
+        mix = torch.randn(b, N, N, device=device, generator=g) * 0.4 + torch.eye(N, device=device)
+        src = torch.randn(b * N, 1, length + 15, device=device, generator=g)
+        src = torch.nn.functional.conv1d(src, kernel).view(b, N, length)               # AR(1)-like
+        sig = mix @ src                                                                   # coupled networks
+        load = 1 + 0.5 * torch.randn(b, C, 1, device=device, generator=g)                # fingerprint
+        x = load * sig[:, net] + torch.randn(b, C, length, device=device, generator=g)
+        out[s0:s0 + b] = x.half().cpu().numpy()
+    return data.Scans(data=out, lengths=np.full(n_scans, length, dtype=np.int64),
+                      subjects=[f"sub-{i:05d}" for i in range(n_scans)])
 
 def medians_row(times):
     """{label: [seconds]} -> 'label median s, ...; bf16 x1.9 faster than fp32' for the summary line."""

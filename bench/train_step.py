@@ -21,10 +21,12 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 import networks  # noqa: E402
 from bench.report import (add_common_args, device_columns, emit, medians_row,  # noqa: E402
@@ -78,6 +80,24 @@ def time_steps(trainers, warmup, steps):
                 times[k].append(dt)
                 peak[k] = max(peak[k], mem or 0)
     return times, peak
+
+
+def host_syncs(tr, step):
+    """Device-to-host synchronisations inside one eager training step (CUDA's sync debug mode)."""
+    if tr.device.type != "cuda":
+        return "Host syncs per step: not measurable on the CPU (torch.cuda.set_sync_debug_mode needs CUDA)."
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            tr.step(step)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    # the warning's file:line is the Python line whose op synchronised
+    syncs = [f"{os.path.relpath(w.filename, REPO)}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    where = "".join(f"\n- {s} ({syncs.count(s)}x)" for s in sorted(set(syncs)))
+    return f"Host syncs in one eager step: **{len(syncs)}**{where}"
 
 
 def profile_table(tr, i, rows=25):
