@@ -14,10 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tokenizer import SemanticTokenizer
-
-
-INITS = ("authors", "dino")
+from tokenizer import INITS, SemanticTokenizer
 
 
 @dataclass

@@ -40,6 +40,8 @@ import torch.nn.functional as F
 import kernels
 from networks import validate_network_map
 
+INITS = ("authors", "dino")  # the tokenizer's structured-branch projection; encoder.py uses the same names
+
 
 class SemanticTokenizer(nn.Module):
 
@@ -52,6 +54,8 @@ class SemanticTokenizer(nn.Module):
             raise ValueError(f"tokenizer width dim must be even (two branches of dim/2), got {dim}")
         if patch_len < 1 or n_scales < 1:
             raise ValueError(f"patch_len and n_scales must be >= 1, got {patch_len}, {n_scales}")
+        if init not in INITS:  # any other string would silently get the "dino" init below
+            raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
         self.dim, self.patch_len, self.n_scales = dim, patch_len, n_scales
         self.n_rois, self.n_networks = m.size, int(m.max()) + 1
         self.n_taps = 4 * 2 ** (n_scales - 1)  # scale lengths 4, 4, 8, 16, ... -> 16 for S=3

@@ -170,3 +170,9 @@ def test_bad_input():
         SemanticTokenizer([0, 0, 1], dim=5)
     with pytest.raises(ValueError, match=r"missing: \[1\]"):
         SemanticTokenizer([0, 2, 2], dim=4)
+    with pytest.raises(ValueError, match=r"patch_len and n_scales must be >= 1, got 0, 3"):
+        SemanticTokenizer([0, 0, 1], dim=4, patch_len=0)
+    with pytest.raises(ValueError, match=r"patch_len and n_scales must be >= 1, got 5, 0"):
+        SemanticTokenizer([0, 0, 1], dim=4, patch_len=5, n_scales=0)
+    with pytest.raises(ValueError, match=r"unknown init 'Authors'; choose one of \('authors', 'dino'\)"):
+        SemanticTokenizer([0, 0, 1], dim=4, init="Authors")
