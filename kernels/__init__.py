@@ -176,7 +176,9 @@ def mcr_path(s: torch.Tensor) -> str:
 
 
 def mcr_loss(student_views, teacher_views, eps: float, reference):
-    """L_MCR by the path `mcr_path` picks -> (loss, comp, expa); reference: losses.mcr_loss_reference."""
+    """L_MCR by the path `mcr_path` picks -> (loss, comp, expa); reference: losses.mcr_loss_reference.
+    The views are checked first: the rule looks at student_views[0], which bad input may not have."""
+    check_views(student_views, teacher_views)
     if mcr_path(student_views[0]) == "reference":
         return reference(student_views, teacher_views, eps)
     from .coding_rate import mcr_loss_triton

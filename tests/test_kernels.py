@@ -216,6 +216,13 @@ def test_mcr_bad_views_raise(student, teacher, match):
         mcr_loss_triton(student, teacher)
 
 
+@pytest.mark.parametrize("flag", [True, False])
+def test_mcr_dispatch_checks_views_before_picking_a_path(flag):
+    """The rule looks at student_views[0]: no student view must give the message, not an IndexError."""
+    with kernels.enabled(flag), pytest.raises(ValueError, match="expected 2 student and 2 teacher views, got 0 and 2"):
+        mcr_loss([], [torch.zeros(4, 8)] * 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # dispatch
 # ---------------------------------------------------------------------------------------------
