@@ -47,6 +47,7 @@ import torch  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import fileio  # noqa: E402
 import kernels  # noqa: E402
 import networks  # noqa: E402
 import runtime  # noqa: E402
@@ -353,7 +354,7 @@ def write_report(path, plan, argv, results, seconds):
     lines += [f"\nTotal {seconds:.0f} s.\n"]
     for n, title, st, s, body in results:
         lines += [f"### {title}\n", body]
-    with open(path, "w") as f:
+    with fileio.atomic_write(path, "w") as f:   # a run killed mid-write keeps the last whole report
         f.write("\n".join(lines))
 
 
