@@ -8,11 +8,9 @@ each has its own columns and context, so a figure goes there by hand, with the c
 produced it. `--precision` takes a comma list (fp32,bf16): the scripts then time each precision
 in the same process, interleaved, so that load from other users of a shared machine hits both
 alike."""
-import os
 import platform
 import resource
 import statistics
-import tempfile
 import time
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 import data
 import kernels
 import runtime
+
 
 def add_common_args(ap):
     """Options every bench script takes."""
@@ -93,17 +92,12 @@ def device_columns(device, no_kernels=False, precision_note="", precision=None):
 
 
 def random_scans(n_scans, n_rois=457, length=200, seed=0):
-    """data.Scans of standard-normal float16 scans (S, C, T), loaded through data.load_scans like
-    real data (throughput does not depend on the values)."""
-    import data
+    """data.Scans of standard-normal float16 scans (S, C, T) in RAM, each scan its own subject
+    (throughput does not depend on the values); built directly, as synthetic_pool does."""
     rng = np.random.default_rng(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "random.npy")
-        np.save(path, rng.standard_normal((n_scans, n_rois, length), dtype=np.float32).astype(np.float16))
-        scans = data.load_scans(path)
-        scans.data = np.array(scans.data)   # off the memory map: the file goes with the folder
-    return scans
-
+    x = rng.standard_normal((n_scans, n_rois, length), dtype=np.float32).astype(np.float16)  # (S, C, T)
+    return data.Scans(data=x, lengths=np.full(n_scans, length, dtype=np.int64),
+                      subjects=[f"scan{i:05d}" for i in range(n_scans)])
 
 
 def synthetic_pool(n_scans, net_of, length, device, seed=0, chunk=2048):
@@ -126,6 +120,7 @@ def synthetic_pool(n_scans, net_of, length, device, seed=0, chunk=2048):
         out[s0:s0 + b] = x.half().cpu().numpy()
     return data.Scans(data=out, lengths=np.full(n_scans, length, dtype=np.int64),
                       subjects=[f"sub-{i:05d}" for i in range(n_scans)])
+
 
 def medians_row(times):
     """{label: [seconds]} -> 'label median s, ...; bf16 x1.9 faster than fp32' for the summary line."""
