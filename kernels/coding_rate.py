@@ -10,8 +10,8 @@ Z_v = (s_v + t_v) / 2, c = p / (m·ε), γ = (p + m) / (p·m) and M_v = I_p + c�
 where cos(a, b) = Σ a·b / (max(|a|, δ) · max(|b|, δ)), δ = 1e-8 (exactly F.cosine_similarity).
 
 Everything that touches all m rows happens in one pass over the batch: the two Gram matrices
-Z_vᵀZ_v and the two cosine sums (`_mcr_stats_kernel`). The p×p part is tiny and stays on the host:
-M_v = L_v L_vᵀ (Cholesky), ½ logdet M_v = Σ log diag L_v.
+Z_vᵀZ_v and the two cosine sums (`_mcr_stats_kernel`). The p×p part is tiny and left to PyTorch
+(on the same device, without a host sync): M_v = L_v L_vᵀ (Cholesky), ½ logdet M_v = Σ log diag L_v.
 
 Backward (teacher gets no gradient). With a_comp, a_expa the upstream weights of comp and expa
 (loss contributes −1 to each):
@@ -176,7 +176,7 @@ class McrBlocks:
     steps. 8 warps: with 4, ptxas (sm_90) reports register spills at these tiles."""
     rows: int = 32             # BLOCK_M: rows per step
     p: int = 64                # BLOCK_P: Gram tile edge
-    rows_per_split: int = 256  # rows reduced by one program (partials are summed on the host)
+    rows_per_split: int = 256  # rows reduced by one program (PyTorch sums the partials, on the device)
     num_warps: int = 8
 
 
