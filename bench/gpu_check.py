@@ -53,7 +53,7 @@ import networks  # noqa: E402
 import runtime  # noqa: E402
 import seeding  # noqa: E402
 from bench import kernels as bench_kernels  # noqa: E402
-from bench.probe import random_encoder, time_features  # noqa: E402
+from bench.probe import preset_encoder, time_features  # noqa: E402
 from bench.report import cpu_name, random_scans, synthetic_pool  # noqa: E402
 from bench.train_step import host_syncs, make_trainer, time_steps, timed_step  # noqa: E402
 
@@ -237,7 +237,7 @@ def _compare_losses(first):
 
 
 def stage_probe(plan):
-    enc = random_encoder(plan.preset, plan.device, network_map=plan.map,
+    enc = preset_encoder(plan.preset, plan.device, network_map=plan.map,
                          **{k: v for k, v in plan.model.items() if k != "proj_hidden"})
     scans = random_scans(plan.probe_scans, n_rois=len(plan.map))
     prec = runtime.resolve_precision("auto", plan.device)[0]

@@ -9,7 +9,7 @@ warm-up pass. Prints one Markdown table row per precision (bench/report.py).
     python bench/probe.py --preset demo --scans 64
     python bench/probe.py --precision fp32,bf16 --repeats 3   # side by side on a CPU with native bf16
 
-`time_features` and `random_encoder` are used by bench/gpu_check.py too.
+`time_features` and `preset_encoder` are used by bench/gpu_check.py too.
 """
 import argparse
 import dataclasses
@@ -50,12 +50,22 @@ def time_features(enc, scans, device, batch_size, precision, repeats=1):
     return times
 
 
-def random_encoder(preset, device, network_map=None, **overrides):
-    """A randomly initialised encoder of a preset (throughput does not depend on the weights)."""
-    torch.manual_seed(0)
+def preset_encoder(preset, device, network_map=None, **overrides):
+    """A randomly initialised encoder of a preset (throughput does not depend on the weights), the
+    same weights every call (seed 0) without touching the caller's global RNG (fork_rng).
+    Not features.random_encoder: that one copies a checkpoint's config, this one takes a preset."""
     m = networks.default_network_map() if network_map is None else network_map
     cfg = dataclasses.replace(EncoderConfig.preset(preset), **overrides)
-    return Encoder(cfg, m).to(device).eval()
+    with torch.random.fork_rng(devices=[]):                       # built on the CPU, then moved
+        torch.manual_seed(0)
+        enc = Encoder(cfg, m)
+    return enc.to(device).eval()
+
+
+def sizes(args, device):
+    """(scans timed, crops per forward): --scans / --batch-size, else 512 / 512 on a GPU, 32 / 64 on a CPU."""
+    gpu = device.type == "cuda"
+    return args.scans or (512 if gpu else 32), args.batch_size or (512 if gpu else 64)
 
 
 def main(argv=None):
@@ -73,10 +83,8 @@ def main(argv=None):
     if args.ckpt:
         return compare_checkpoints(args)
     device = setup(args)
-    gpu = device.type == "cuda"
-    S = args.scans or (512 if gpu else 32)
-    B = args.batch_size or (512 if gpu else 64)
-    enc = random_encoder(args.preset, device)
+    S, B = sizes(args, device)
+    enc = preset_encoder(args.preset, device)
     scans = random_scans(S, n_rois=enc.tokenizer.n_rois)
     precs = {p: runtime.resolve_precision(p, device)[0] for p in args.precision}
     times = {p: [] for p in precs}
@@ -96,8 +104,7 @@ def compare_checkpoints(args):
     """--ckpt A --ckpt B: the same pipeline for every checkpoint's teacher, passes taking turns."""
     from checkpoint import load_teacher
     device = setup(args)
-    S = args.scans or (512 if device.type == "cuda" else 32)
-    B = args.batch_size or (512 if device.type == "cuda" else 64)
+    S, B = sizes(args, device)
     encoders = {path: load_teacher(path, map_location=device)[0] for path in args.ckpt}
     scans = random_scans(S, n_rois=next(iter(encoders.values())).tokenizer.n_rois)
     precision = runtime.resolve_precision(args.precision[0], device)[0]

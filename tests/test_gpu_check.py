@@ -66,3 +66,16 @@ def test_without_a_gpu_it_points_to_the_dry_run(capsys):
     with pytest.raises(SystemExit) as e:
         gpu_check.main([])
     assert e.value.code == 2 and "no CUDA GPU here; --dry-run" in capsys.readouterr().err
+
+
+def test_preset_encoder_same_weights_and_leaves_the_global_rng_alone():
+    """The probe stage's encoder is seeded (same weights every call) inside fork_rng: the caller's
+    global RNG is not reseeded under its feet."""
+    from bench.probe import preset_encoder
+    kw = dict(network_map=[0, 1, 1, 0, 2], dim=16, depth=1, heads=2)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    a = preset_encoder("demo", "cpu", **kw)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = preset_encoder("demo", "cpu", **kw)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

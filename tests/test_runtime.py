@@ -18,7 +18,7 @@ import objective
 import features
 import runtime
 import train
-from bench.probe import random_encoder
+from bench.probe import preset_encoder
 from bench.report import precisions, random_scans
 from bench.train_step import make_trainer
 
@@ -200,7 +200,7 @@ def test_tokenizer_kernel_runs_in_the_autocast_dtype(monkeypatch):
         return composed.grouped_conv_gelu_mean_reference(x, w, b, offsets, patch_len)
 
     monkeypatch.setattr(kernels, "grouped_conv_gelu_mean", spy)
-    enc = random_encoder("demo", "cpu", network_map=SMALL_MAP, **{k: v for k, v in TINY.items() if k != "proj_hidden"})
+    enc = preset_encoder("demo", "cpu", network_map=SMALL_MAP, **{k: v for k, v in TINY.items() if k != "proj_hidden"})
     x = torch.randn(2, len(SMALL_MAP), 100)
     with kernels.enabled(True):
         enc(x)
@@ -235,7 +235,7 @@ def test_bf16_features_on_cpu_are_float32_and_close_to_fp32():
     """bf16 keeps 8 significant bits: each rounding is ≤ 0.4%, and a depth-1 encoder applies a few in
     sequence to LayerNorm'd O(1) features; measured 0.37% relative (Frobenius) here. The bounds (2%, cosine
     ≥ 0.999) allow for other CPUs' GEMM blocking and still catch a wrong cast or a dropped LayerNorm."""
-    enc = random_encoder("demo", "cpu", network_map=SMALL_MAP, **{k: v for k, v in TINY.items() if k != "proj_hidden"})
+    enc = preset_encoder("demo", "cpu", network_map=SMALL_MAP, **{k: v for k, v in TINY.items() if k != "proj_hidden"})
     scans = random_scans(4, n_rois=len(SMALL_MAP), length=150)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
