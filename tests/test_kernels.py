@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 
 import kernels  # noqa: E402
 import losses  # noqa: E402
+from bench.kernels import network_counts  # noqa: E402
 from kernels import coding_rate, factored  # noqa: E402
 from kernels.coding_rate import McrBlocks, mcr_loss_triton  # noqa: E402
 from kernels.composed import grouped_conv_gelu_mean_reference  # noqa: E402
@@ -30,7 +31,7 @@ from tokenizer import SemanticTokenizer  # noqa: E402
 # fp32 on the interpreter: kernel and reference sum the same fp32 products in a different order
 # (tiles over (ROI, tap), time, rows), so they agree to a few ulp of the largest partial sums.
 FP32 = dict(rtol=1e-4, atol=1e-5)
-PAPER_COUNTS = (61, 77, 46, 47, 26, 52, 91, 50, 7)      # SPEC §2 networks of the 457-ROI map
+PAPER_COUNTS = network_counts()                         # R_n of the SPEC §2 457-ROI map (networks.py)
 
 
 def conv_inputs(B, counts, T, K, D, dtype=torch.float32, device="cpu", seed=0):
