@@ -152,8 +152,8 @@ class SemanticTokenizer(nn.Module):
         """The same parameters as the fast paths of kernels/ take them (kernels.TokenizerWeights):
         the SG kernel as cross-correlation taps, flipped, with the skip D as a centre-tap weight."""
         K, c = self.n_taps, (self.n_taps - 1) // 2
-        # built on the device: `centre[c] = 1.0` copied the 1.0 from the host, a sync per step on CUDA
-        centre = (torch.arange(K, device=self.sg_skip.device) == c).to(self.sg_skip.dtype)   # (K,) one-hot
-        taps = self.sg_kernels().flip(-1) + self.sg_skip[:, None] * centre  # (M, K)
+        # D at tap c, zeros elsewhere, in one op on the device (`centre[c] = 1.0` was a host sync per step on CUDA)
+        centre = F.pad(self.sg_skip[:, None], (c, K - 1 - c))           # (M, K)
+        taps = self.sg_kernels().flip(-1) + centre                      # (M, K)
         return kernels.TokenizerWeights(self.dense_weight, self.dense_bias, taps, self.lin_weight, self.lin_bias,
                                         self.offsets, self.pair_offsets, self.patch_len)
