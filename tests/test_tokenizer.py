@@ -76,10 +76,11 @@ def test_matches_literal_spec(net_map, dim, patch_len, T, n_scales, path, monkey
         torch.testing.assert_close(g[name], g_ref[name], **tol["g"], msg=name)
 
 
-@pytest.mark.parametrize("path", ["factored", "composed"])
+@pytest.mark.parametrize("path", ["factored", "composed", "triton"])
 def test_bf16_autocast_matches_paper_form(path, monkeypatch):
     """Under bf16 autocast each path rounds its own matmul/conv operands to bf16 (8 bits), in
-    different places, so values and gradients agree to bf16 precision only: 3e-2 of the largest."""
+    different places (triton: its conv operands, as torch's conv would), so values and gradients
+    agree to bf16 precision only: 3e-2 of the largest."""
     torch.manual_seed(0)
     tok = SemanticTokenizer([0, 1, 0, 2, 2, 1, 2, 0, 2, 2, 1], dim=16, patch_len=5)
     x, w = torch.randn(3, 11, 10), torch.randn(3, 3, 2, 16)
