@@ -109,7 +109,7 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
               for UK Biobank), or every time scale the model learned is off. Resampling a single
               `.npy` or `.h5` builds the result in RAM (in the file's dtype); a folder is held in RAM as
               float32 either way.
-    n_rois:   expected ROI count (the network map's length); checked when given.
+    n_rois:   expected ROI count (the network map's length); when given, checked before any pass over the data.
     subjects: one subject id per scan (list, or a text file with one per line). Default: for a
               folder, the BIDS id of each file name (`sub-XXXX_ses-YY_...` -> "XXXX", else the
               file stem); for `X.npy`, the lines of `X_subjects.txt` beside it when present,
@@ -169,9 +169,11 @@ def _read_subjects(subjects, n):
     return subjects
 
 
-def _check_n_rois(C, n_rois):
+def _check_n_rois(C, n_rois, where):
+    """Before any pass over the data: a wrong atlas is the commonest mistake, and the cheapest to catch."""
     if n_rois is not None and C != int(n_rois):
-        raise ValueError(f"data have {C} ROIs but the network map has {int(n_rois)} entries")
+        raise ValueError(f"{where}: the data have {C} ROIs but the network map has {int(n_rois)} entries; the data "
+                         "must use the atlas (ROI set and order) the model was pretrained on")
 
 
 def _load_array(path, layout, tr, n_rois):
@@ -188,7 +190,7 @@ def _load_array(path, layout, tr, n_rois):
     if arr.dtype not in (np.float16, np.float32, np.float64):
         raise ValueError(f"{path}: expected float16/float32 values, got dtype {arr.dtype}")
     data = arr.transpose(0, 2, 1) if layout == "STC" else arr   # a strided view: nothing is read
-    _check_n_rois(data.shape[1], n_rois)
+    _check_n_rois(data.shape[1], n_rois, path)
     lengths, zeroed = _check_scans(data, names=None)
     if tr is not None:
         data, lengths = _resample_array(data, lengths, tr)
@@ -257,7 +259,7 @@ def _load_folder(folder, tr, n_expected):
             raise ValueError(f"{f.name}: no time points")
         if n_rois is None:
             n_rois, first_file = x.shape[1], f.name
-            _check_n_rois(n_rois, n_expected)
+            _check_n_rois(n_rois, n_expected, f.name)
         elif x.shape[1] != n_rois:
             raise ValueError(f"{f.name}: has {x.shape[1]} ROIs (columns) but {first_file} has {n_rois}; "
                              "all files must share one atlas, stored time × ROIs (time in rows)")

@@ -89,16 +89,15 @@ def load_data(args, n_rois):
               f"seen in pretraining). Its numbers check the pipeline; they say nothing about real brains.")
     else:
         data_path = Path(args.data)
-    scans = data.load_scans(data_path, layout=args.layout, tr=args.tr, subjects=args.subjects)
+    try:   # n_rois is checked before any pass over the data
+        scans = data.load_scans(data_path, layout=args.layout, tr=args.tr, n_rois=n_rois, subjects=args.subjects)
+    except ValueError as e:
+        if not synthetic:   # the cohort takes no data options (check_data_arguments): its atlas is the one error
+            raise
+        raise ValueError(f"{e} (the built-in synthetic cohort has the default 457 ROIs: pass --data)") from None
     has_ids = (data_path.is_dir() or args.subjects is not None or data.is_h5(data_path)
                or data_path.with_name(data_path.stem + "_subjects.txt").exists())
-    if scans.n_rois != n_rois:
-        raise ValueError(f"the data have {scans.n_rois} ROIs but the checkpoint's network map has {n_rois} "
-                         f"entries; the data must use the atlas (ROI set and order) the model was pretrained on"
-                         + (" (the built-in synthetic cohort has the default 457 ROIs: pass --data)"
-                            if synthetic else ""))
     return scans, data_path, synthetic, has_ids
-
 
 
 def crops_per_batch(args, device):
