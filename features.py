@@ -65,8 +65,12 @@ def check_data_arguments(args):
         raise ValueError("--crops must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    if args.data is None and args.subjects is not None:
-        raise ValueError("--subjects describes --data; the synthetic probe cohort carries its own ids")
+    if args.data is None:   # the synthetic cohort is at 2.0 s, (S, C, T), with its own ids: say so, never apply
+        for flag, given, why in (("--subjects", args.subjects is not None, "carries its own ids"),
+                                 ("--tr", args.tr is not None, "is at TR 2.0 s already"),
+                                 ("--layout", args.layout != "SCT", "is stored (scans, ROIs, time)")):
+            if given:
+                raise ValueError(f"{flag} describes --data; the synthetic probe cohort {why}")
 
 
 def load_model(ckpt, networks_spec="default"):

@@ -135,3 +135,7 @@ def test_user_errors(ckpt, npy, tmp_path, capsys):
     np.savetxt(tmp_path / "same.txt", NET_MAP, fmt="%d")                    # its own map is accepted
     embed.main(base + ["--data", str(path), "--networks", str(tmp_path / "same.txt")])
     assert "--crops must be at least 1" in _error(base + ["--data", str(path), "--crops", "0"], capsys)
+    for flag, value, why in (("--subjects", str(tmp_path / "ids.txt"), "carries its own ids"),
+                             ("--tr", "0.72", "is at TR 2.0 s already"),
+                             ("--layout", "STC", "is stored (scans, ROIs, time)")):   # without --data
+        assert f"{flag} describes --data; the synthetic probe cohort {why}" in _error(base + [flag, value], capsys)
