@@ -61,6 +61,9 @@ class Scans:
                so that callers can cache derived features.
     files:     per-scan file names when loaded from a folder, else None.
     roi_names: ROI names from a header row, when the files had one.
+    ids_from_data: the subject ids came with the data (file names, X_subjects.txt, the .h5's ids, the
+               `subjects` argument) rather than one made-up id per scan: only then can labels be
+               matched to scans by subject (labels.scan_labels).
     """
     data: np.ndarray
     lengths: np.ndarray
@@ -70,6 +73,7 @@ class Scans:
     files: list = None
     roi_names: list = None
     zeroed_rois: int = 0   # (scan, ROI) pairs that were all-NaN and are treated as flat (zeros)
+    ids_from_data: bool = False
 
     @property
     def n_rois(self) -> int:
@@ -139,11 +143,13 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
     else:
         scans = _load_array(path, layout, tr, n_rois)
 
+    scans.ids_from_data = True   # a folder's file names, an .h5's ids, `subjects` or the sidecar
     if subjects is not None:
         scans.subjects = _read_subjects(subjects, len(scans))
     elif path.suffix == ".npy" and not path.is_dir():
-        sidecar = path.with_name(path.stem + "_subjects.txt")
-        scans.subjects = (_read_subjects(sidecar, len(scans)) if sidecar.exists()
+        sidecar = subjects_path(path)
+        scans.ids_from_data = sidecar.exists()
+        scans.subjects = (_read_subjects(sidecar, len(scans)) if scans.ids_from_data
                           else [f"scan{i:05d}" for i in range(len(scans))])
     if scans.zeroed_rois:
         log.warning("%d (scan, ROI) time series are NaN over the whole scan (no coverage); "
@@ -154,6 +160,13 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
 def is_h5(path) -> bool:
     """Whether `path` names an HDF5 file (read by h5data.py in the authors' layout)."""
     return Path(path).suffix.lower() in H5_SUFFIXES and not Path(path).is_dir()
+
+
+def subjects_path(path) -> Path:
+    """X_subjects.txt beside X.npy (or X.csv): one subject id per scan, read by load_scans and
+    written by embed.py and synthetic.py."""
+    path = Path(path)
+    return path.with_name(path.stem + "_subjects.txt")
 
 
 def _read_subjects(subjects, n):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import data
 import features
 import runtime
 
@@ -78,7 +79,7 @@ def write_csv(path, feats, subjects, chunk=1024):
 def write_embeddings(out, feats, subjects) -> list:
     """X.npy, X_subjects.txt and, for out = X.csv, the CSV. Returns the paths written."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_name(out.stem + ".npy"), out.with_name(out.stem + "_subjects.txt")]
+    paths = [out.with_name(out.stem + ".npy"), data.subjects_path(out)]
     np.save(paths[0], feats.astype(np.float32, copy=False))
     paths[1].write_text("".join(f"{s}\n" for s in subjects))
     if out.suffix.lower() == ".csv":

@@ -44,6 +44,18 @@ def test_npy_is_memory_mapped_with_lengths_and_subject_sidecar(npy):
     assert data.load_scans(p, subjects=["w", "x", "y", "z"]).subjects == ["w", "x", "y", "z"]
 
 
+def test_ids_from_data_says_where_the_subject_ids_came_from(npy, tmp_path):
+    p, _ = npy
+    assert data.subjects_path(p) == tmp_path / "scans_subjects.txt"
+    assert not data.load_scans(p).ids_from_data                            # made up: scan00000, ...
+    assert data.load_scans(p, subjects=["w", "x", "y", "z"]).ids_from_data
+    data.subjects_path(p).write_text("a\na\nb\nc\n")
+    assert data.load_scans(p).ids_from_data
+    (tmp_path / "f").mkdir()
+    np.savetxt(tmp_path / "f" / "sub-01.csv", np.ones((30, 4)), delimiter=",")
+    assert data.load_scans(tmp_path / "f").ids_from_data                   # BIDS file names
+
+
 def test_stc_layout_is_a_lazy_transpose(npy, tmp_path):
     p, x = npy
     q = tmp_path / "stc.npy"

@@ -57,6 +57,7 @@ def test_atlases_concatenated_in_order_with_lengths_and_ids(h5):
     sc = data.load_scans(p)
     assert sc.data.shape == (6, 457, 130) and sc.data.dtype == np.float16 and sc.n_rois == 457
     assert sc.lengths.tolist() == LENGTHS and sc.subjects == IDS and sc.n_subjects == 3
+    assert sc.ids_from_data                                                 # long_subject_id
     np.testing.assert_array_equal(sc.read(np.arange(6), None), x)          # NaN padding included
     with h5py.File(p) as f:                                                 # schaefer400, tian3, buckner7
         np.testing.assert_array_equal(sc.read([1], None)[0, 400:450], f["timeseries/tian3"][1])
