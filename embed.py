@@ -6,8 +6,9 @@
 
 Every scan gives 8 evenly spaced crops of T' time points (scans.probe_crops: z-scored, no
 augmentation); each crop goes through the frozen teacher's `features()`, concat[mean of the N·P
-output tokens, CLS] = 2D values, exactly what probe.py fits its linear probes on (bf16 autocast on
-CUDA). A scan's embedding is the mean over its crops; --per-crop keeps every crop.
+output tokens, CLS] = 2D values, exactly what probe.py fits its linear probes on (--precision auto:
+bf16 autocast on CUDA and on CPUs with native bf16, else fp32). A scan's embedding is the mean over
+its crops; --per-crop keeps every crop.
 
 Outputs, for --out X.npy or --out X.csv (default: embeddings_<data name>.npy beside the checkpoint):
   X.npy           float32 (S, 2D), or (S, n_crops, 2D) with --per-crop; rows in scan order

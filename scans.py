@@ -11,7 +11,8 @@ scans in that form:
   augmented views per scan, all randomness from a torch.Generator on the training device,
   resumable bit for bit through `state_dict()` / `load_state_dict()`; `steps_per_epoch`.
 - `crop_starts`, `probe_crops(scans, idx)`: 8 evenly spaced, z-scored, un-augmented crops per scan
-  (SPEC §9), the input of probe.py and embed.py.
+  (SPEC §9): the input of features.encoder_features (probe.py, embed.py), of monitor.py's subject
+  separation during training, and of bench/coupling.py.
 - `scan_fc(scans, idx)`, `group_fc(scans)`, `fisher_z(r)`: Pearson functional connectivity and its
   Fisher-z transform (the FC probe baseline, `--networks auto:K`, bench/coupling.py).
 
