@@ -202,6 +202,35 @@ def test_errors(h5, tmp_path):
         data.load_scans(tmp_path / "garbage.h5")
 
 
+def test_errors_in_ids_and_ts_len(tmp_path):
+    q = tmp_path / "q.h5"
+    write_authors_h5(q, ts_len=np.array([120.0, np.nan, 60, 25, 40, 90]))
+    with pytest.raises(ValueError, match=r"'ts_len' of scan 1 is nan; it needs the valid length of each scan as a "
+                                         r"whole number of time points >= 0"):
+        data.load_scans(q)
+    write_authors_h5(q, ts_len=np.array([120, 100, -1, 25, 40, 90]))
+    with pytest.raises(ValueError, match=r"'ts_len' of scan 2 is -1; it needs"):
+        data.load_scans(q)
+    write_authors_h5(q, ts_len=np.array([120, 100, 60, 25.5, 40, 90]))
+    with pytest.raises(ValueError, match=r"'ts_len' of scan 3 is 25.5; it needs"):
+        data.load_scans(q)
+    write_authors_h5(q, ts_len=np.array([b"a"] * 6))
+    with pytest.raises(ValueError, match=r"'ts_len' has dtype \|S1; it needs the valid length"):
+        data.load_scans(q)
+    write_authors_h5(q, ids=False, long_subject_id=np.array([1.0, 1.0, 2.0, np.nan, 3.0, 3.0]))
+    with pytest.raises(ValueError, match=r"'long_subject_id' of scan 3 is nan, not an id; every scan needs its "
+                                         r"subject's id \(or pass the ids as a text file, --subjects\)"):
+        data.load_scans(q)
+    assert data.load_scans(q, subjects=list("aabbcc")).subjects == list("aabbcc")   # ids given: NaN ones unused
+    for name in ("long_subject_id", "ts_len"):
+        write_authors_h5(q, ids=False)
+        with h5py.File(q, "a") as f:
+            f.create_group(name)
+        with pytest.raises(ValueError, match=f"'{name}' is a group; it must be a dataset of exactly one value per "
+                                             f"scan, in scan order"):
+            data.load_scans(q, subjects=list("aabbcc"))
+
+
 def test_errors_in_the_series(tmp_path):
     q = tmp_path / "other_t.h5"
     write_authors_h5(q)
