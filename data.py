@@ -202,6 +202,9 @@ def _load_array(path, layout, tr, n_rois):
                          f"{'(layout STC: scans, time, ROIs) ' if layout == 'STC' else ''}got shape {arr.shape}")
     if arr.dtype not in (np.float16, np.float32, np.float64):
         raise ValueError(f"{path}: expected float16/float32 values, got dtype {arr.dtype}")
+    if 0 in arr.shape:   # else an IndexError or numpy's argmax error from deep inside the checks
+        axes = ("scans", "time points", "ROIs") if layout == "STC" else ("scans", "ROIs", "time points")
+        raise ValueError(f"{path}: shape {arr.shape} ({', '.join(axes)}) holds no {axes[arr.shape.index(0)]}")
     data = arr.transpose(0, 2, 1) if layout == "STC" else arr   # a strided view: nothing is read
     _check_n_rois(data.shape[1], n_rois, path)
     lengths, zeroed = _check_scans(data, names=None)

@@ -140,6 +140,15 @@ def test_wrong_ndim_dtype_layout_and_tr(tmp_path):
         data.load_scans(tmp_path / "trunc.npy")
 
 
+def test_an_empty_axis(tmp_path):
+    for shape, layout, what in (((3, 0, 30), "SCT", "ROIs"), ((3, 6, 0), "SCT", "time points"),
+                                ((0, 6, 30), "SCT", "scans"), ((3, 30, 0), "STC", "ROIs")):
+        p = save(tmp_path, np.zeros(shape, np.float32))
+        with pytest.raises(ValueError, match=rf"{p.name}: shape \({shape[0]}, {shape[1]}, {shape[2]}\) "
+                                             rf"\(scans, .*\) holds no {what}$"):
+            data.load_scans(p, layout=layout)
+
+
 def test_all_nan_scan(tmp_path):
     x = padded([40, 40, 40])
     x[1] = np.nan
