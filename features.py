@@ -16,6 +16,7 @@ once. `cli` is the scripts' error convention: a bad input is one line on stderr 
 import hashlib
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -191,19 +192,20 @@ def method_features(args, setup):
         key = hashlib.sha1(json.dumps({**common, **model}, sort_keys=True, default=str).encode()).hexdigest()[:20]
         return None if cache_dir is None else cache_dir / f"{key}.npy"
 
-    def extract(enc, label):
-        return lambda: encoder_features(enc, scans, args.crops, crops_per_batch(args, device), device, label, precision)
+    def extract(make_encoder, label):   # the encoder is built only on a cache miss
+        return lambda: encoder_features(make_encoder(), scans, args.crops, crops_per_batch(args, device), device,
+                                        label, precision)
 
     # the map is part of the model: --networks can map one authors' checkpoint in several ways
     network_map = setup.meta["network_map"].numpy()
     map_id = hashlib.sha1(network_map.tobytes()).hexdigest()
     feats = {"teacher": cached(cache_path(model=file_key([setup.ckpt]), map=map_id),
-                               extract(setup.encoder, "teacher features"))}
+                               extract(lambda: setup.encoder, "teacher features"))}
     if "random" in setup.baselines:
         model_id = dict(model="random", seed=0, config=setup.meta["encoder_config"], torch=torch.__version__,
                         map=map_id)
-        feats["random"] = cached(cache_path(**model_id),
-                                 extract(random_encoder(setup.encoder, network_map), "random-encoder features"))
+        feats["random"] = cached(cache_path(**model_id), extract(partial(random_encoder, setup.encoder, network_map),
+                                                                 "random-encoder features"))
     if "fc" in setup.baselines:
         feats["fc"] = fc_features(scans)
     return feats
