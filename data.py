@@ -61,9 +61,8 @@ class Scans:
                so that callers can cache derived features.
     files:     per-scan file names when loaded from a folder, else None.
     roi_names: ROI names from a header row, when the files had one.
-    ids_from_data: the subject ids came with the data (file names, X_subjects.txt, the .h5's ids, the
-               `subjects` argument) rather than one made-up id per scan: only then can labels be
-               matched to scans by subject (labels.scan_labels).
+    ids_from_data: the ids came with the data (file names, X_subjects.txt, an .h5, `subjects`), not
+               made up per scan: only then are labels matched to scans by subject (labels.py).
     """
     data: np.ndarray
     lengths: np.ndarray
@@ -163,10 +162,8 @@ def is_h5(path) -> bool:
 
 
 def subjects_path(path) -> Path:
-    """X_subjects.txt beside X.npy (or X.csv): one subject id per scan, read by load_scans and
-    written by embed.py and synthetic.py."""
-    path = Path(path)
-    return path.with_name(path.stem + "_subjects.txt")
+    """X_subjects.txt beside X.npy (or X.csv): the ids load_scans reads, embed.py and synthetic.py write."""
+    return Path(path).with_name(Path(path).stem + "_subjects.txt")
 
 
 def _read_subjects(subjects, n):
