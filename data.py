@@ -61,6 +61,8 @@ class Scans:
                so that callers can cache derived features.
     files:     per-scan file names when loaded from a folder, else None.
     roi_names: ROI names from a header row, when the files had one.
+    ids_from_data: the ids came with the data (file names, X_subjects.txt, an .h5, `subjects`), not
+               made up per scan: only then are labels matched to scans by subject (labels.py).
     """
     data: np.ndarray
     lengths: np.ndarray
@@ -70,6 +72,7 @@ class Scans:
     files: list = None
     roi_names: list = None
     zeroed_rois: int = 0   # (scan, ROI) pairs that were all-NaN and are treated as flat (zeros)
+    ids_from_data: bool = False
 
     @property
     def n_rois(self) -> int:
@@ -109,7 +112,7 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
               for UK Biobank), or every time scale the model learned is off. Resampling a single
               `.npy` or `.h5` builds the result in RAM (in the file's dtype); a folder is held in RAM as
               float32 either way.
-    n_rois:   expected ROI count (the network map's length); checked when given.
+    n_rois:   expected ROI count (the network map's length); when given, checked before any pass over the data.
     subjects: one subject id per scan (list, or a text file with one per line). Default: for a
               folder, the BIDS id of each file name (`sub-XXXX_ses-YY_...` -> "XXXX", else the
               file stem); for `X.npy`, the lines of `X_subjects.txt` beside it when present,
@@ -139,11 +142,13 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
     else:
         scans = _load_array(path, layout, tr, n_rois)
 
+    scans.ids_from_data = True   # a folder's file names, an .h5's ids, `subjects` or the sidecar
     if subjects is not None:
         scans.subjects = _read_subjects(subjects, len(scans))
     elif path.suffix == ".npy" and not path.is_dir():
-        sidecar = path.with_name(path.stem + "_subjects.txt")
-        scans.subjects = (_read_subjects(sidecar, len(scans)) if sidecar.exists()
+        sidecar = subjects_path(path)
+        scans.ids_from_data = sidecar.exists()
+        scans.subjects = (_read_subjects(sidecar, len(scans)) if scans.ids_from_data
                           else [f"scan{i:05d}" for i in range(len(scans))])
     if scans.zeroed_rois:
         log.warning("%d (scan, ROI) time series are NaN over the whole scan (no coverage); "
@@ -154,6 +159,11 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
 def is_h5(path) -> bool:
     """Whether `path` names an HDF5 file (read by h5data.py in the authors' layout)."""
     return Path(path).suffix.lower() in H5_SUFFIXES and not Path(path).is_dir()
+
+
+def subjects_path(path) -> Path:
+    """X_subjects.txt beside X.npy (or X.csv): the ids load_scans reads, embed.py and synthetic.py write."""
+    return Path(path).with_name(Path(path).stem + "_subjects.txt")
 
 
 def _read_subjects(subjects, n):
@@ -169,9 +179,11 @@ def _read_subjects(subjects, n):
     return subjects
 
 
-def _check_n_rois(C, n_rois):
+def _check_n_rois(C, n_rois, where):
+    """Before any pass over the data: a wrong atlas is the commonest mistake, and the cheapest to catch."""
     if n_rois is not None and C != int(n_rois):
-        raise ValueError(f"data have {C} ROIs but the network map has {int(n_rois)} entries")
+        raise ValueError(f"{where}: the data have {C} ROIs but the network map has {int(n_rois)} entries; the data "
+                         "must use the atlas (ROI set and order) the model was pretrained on")
 
 
 def _load_array(path, layout, tr, n_rois):
@@ -187,8 +199,11 @@ def _load_array(path, layout, tr, n_rois):
                          f"{'(layout STC: scans, time, ROIs) ' if layout == 'STC' else ''}got shape {arr.shape}")
     if arr.dtype not in (np.float16, np.float32, np.float64):
         raise ValueError(f"{path}: expected float16/float32 values, got dtype {arr.dtype}")
+    if 0 in arr.shape:   # else an IndexError or numpy's argmax error from deep inside the checks
+        axes = ("scans", "time points", "ROIs") if layout == "STC" else ("scans", "ROIs", "time points")
+        raise ValueError(f"{path}: shape {arr.shape} ({', '.join(axes)}) holds no {axes[arr.shape.index(0)]}")
     data = arr.transpose(0, 2, 1) if layout == "STC" else arr   # a strided view: nothing is read
-    _check_n_rois(data.shape[1], n_rois)
+    _check_n_rois(data.shape[1], n_rois, path)
     lengths, zeroed = _check_scans(data, names=None)
     if tr is not None:
         data, lengths = _resample_array(data, lengths, tr)
@@ -257,7 +272,7 @@ def _load_folder(folder, tr, n_expected):
             raise ValueError(f"{f.name}: no time points")
         if n_rois is None:
             n_rois, first_file = x.shape[1], f.name
-            _check_n_rois(n_rois, n_expected)
+            _check_n_rois(n_rois, n_expected, f.name)
         elif x.shape[1] != n_rois:
             raise ValueError(f"{f.name}: has {x.shape[1]} ROIs (columns) but {first_file} has {n_rois}; "
                              "all files must share one atlas, stored time × ROIs (time in rows)")

@@ -6,8 +6,9 @@
 
 Every scan gives 8 evenly spaced crops of T' time points (scans.probe_crops: z-scored, no
 augmentation); each crop goes through the frozen teacher's `features()`, concat[mean of the N·P
-output tokens, CLS] = 2D values, exactly what probe.py fits its linear probes on (bf16 autocast on
-CUDA). A scan's embedding is the mean over its crops; --per-crop keeps every crop.
+output tokens, CLS] = 2D values, exactly what probe.py fits its linear probes on (--precision auto:
+bf16 autocast on CUDA and on CPUs with native bf16, else fp32). A scan's embedding is the mean over
+its crops; --per-crop keeps every crop.
 
 Outputs, for --out X.npy or --out X.csv (default: embeddings_<data name>.npy beside the checkpoint):
   X.npy           float32 (S, 2D), or (S, n_crops, 2D) with --per-crop; rows in scan order
@@ -19,6 +20,7 @@ Data options are probe.py's (--data .npy/folder/.h5, --layout, --tr, --subjects,
 the features of all crops are held once, S·n_crops·2D·4 bytes (2 GB for 40k scans at paper size).
 """
 import argparse
+import csv
 import io
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import data
 import features
 import runtime
 
@@ -55,7 +58,12 @@ def output_path(args) -> Path:
 
 
 def _csv_field(s):
-    return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\r\n') else s
+    """s as the first field of a CSV row, quoted as csv.writer quotes it (an id may hold a comma). The
+    rows are joined by hand: np.savetxt formats the numbers, and splitting them for csv.writer would
+    double the time."""
+    buf = io.StringIO()
+    csv.writer(buf).writerow([s, ""])   # the default "\r\n" ending makes it quote \r and \n too
+    return buf.getvalue()[:-3]          # less ",\r\n"
 
 
 def write_csv(path, feats, subjects, chunk=1024):
@@ -78,7 +86,7 @@ def write_csv(path, feats, subjects, chunk=1024):
 def write_embeddings(out, feats, subjects) -> list:
     """X.npy, X_subjects.txt and, for out = X.csv, the CSV. Returns the paths written."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_name(out.stem + ".npy"), out.with_name(out.stem + "_subjects.txt")]
+    paths = [out.with_name(out.stem + ".npy"), data.subjects_path(out)]
     np.save(paths[0], feats.astype(np.float32, copy=False))
     paths[1].write_text("".join(f"{s}\n" for s in subjects))
     if out.suffix.lower() == ".csv":

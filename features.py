@@ -16,6 +16,7 @@ once. `cli` is the scripts' error convention: a bad input is one line on stderr 
 import hashlib
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,12 @@ def check_data_arguments(args):
         raise ValueError("--crops must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    if args.data is None and args.subjects is not None:
-        raise ValueError("--subjects describes --data; the synthetic probe cohort carries its own ids")
+    if args.data is None:   # the synthetic cohort is at 2.0 s, (S, C, T), with its own ids: say so, never apply
+        for flag, given, why in (("--subjects", args.subjects is not None, "carries its own ids"),
+                                 ("--tr", args.tr is not None, "is at TR 2.0 s already"),
+                                 ("--layout", args.layout != "SCT", "is stored (scans, ROIs, time)")):
+            if given:
+                raise ValueError(f"{flag} describes --data; the synthetic probe cohort {why}")
 
 
 def load_model(ckpt, networks_spec="default"):
@@ -79,8 +84,8 @@ def load_model(ckpt, networks_spec="default"):
 
 def load_data(args, n_rois):
     """--data (or, without it, the built-in synthetic probe cohort) -> (scans, data path, synthetic,
-    has_ids). n_rois: the length of the model's network map, which the data must match. has_ids: the
-    scans carry subject ids from the data (file names, X_subjects.txt, --subjects, an .h5)."""
+    has_ids). n_rois: the length of the model's network map, which the data must match. has_ids:
+    Scans.ids_from_data (the ids came from file names, X_subjects.txt, --subjects or an .h5)."""
     synthetic = args.data is None
     if synthetic:
         folder = Path(synth.ensure_synthetic_cohort())
@@ -89,16 +94,13 @@ def load_data(args, n_rois):
               f"seen in pretraining). Its numbers check the pipeline; they say nothing about real brains.")
     else:
         data_path = Path(args.data)
-    scans = data.load_scans(data_path, layout=args.layout, tr=args.tr, subjects=args.subjects)
-    has_ids = (data_path.is_dir() or args.subjects is not None or data.is_h5(data_path)
-               or data_path.with_name(data_path.stem + "_subjects.txt").exists())
-    if scans.n_rois != n_rois:
-        raise ValueError(f"the data have {scans.n_rois} ROIs but the checkpoint's network map has {n_rois} "
-                         f"entries; the data must use the atlas (ROI set and order) the model was pretrained on"
-                         + (" (the built-in synthetic cohort has the default 457 ROIs: pass --data)"
-                            if synthetic else ""))
-    return scans, data_path, synthetic, has_ids
-
+    try:   # n_rois is checked before any pass over the data
+        scans = data.load_scans(data_path, layout=args.layout, tr=args.tr, n_rois=n_rois, subjects=args.subjects)
+    except ValueError as e:
+        if not synthetic:   # the cohort takes no data options (check_data_arguments): its atlas is the one error
+            raise
+        raise ValueError(f"{e} (the built-in synthetic cohort has the default 457 ROIs: pass --data)") from None
+    return scans, data_path, synthetic, scans.ids_from_data
 
 
 def crops_per_batch(args, device):
@@ -190,19 +192,20 @@ def method_features(args, setup):
         key = hashlib.sha1(json.dumps({**common, **model}, sort_keys=True, default=str).encode()).hexdigest()[:20]
         return None if cache_dir is None else cache_dir / f"{key}.npy"
 
-    def extract(enc, label):
-        return lambda: encoder_features(enc, scans, args.crops, crops_per_batch(args, device), device, label, precision)
+    def extract(make_encoder, label):   # the encoder is built only on a cache miss
+        return lambda: encoder_features(make_encoder(), scans, args.crops, crops_per_batch(args, device), device,
+                                        label, precision)
 
     # the map is part of the model: --networks can map one authors' checkpoint in several ways
     network_map = setup.meta["network_map"].numpy()
     map_id = hashlib.sha1(network_map.tobytes()).hexdigest()
     feats = {"teacher": cached(cache_path(model=file_key([setup.ckpt]), map=map_id),
-                               extract(setup.encoder, "teacher features"))}
+                               extract(lambda: setup.encoder, "teacher features"))}
     if "random" in setup.baselines:
         model_id = dict(model="random", seed=0, config=setup.meta["encoder_config"], torch=torch.__version__,
                         map=map_id)
-        feats["random"] = cached(cache_path(**model_id),
-                                 extract(random_encoder(setup.encoder, network_map), "random-encoder features"))
+        feats["random"] = cached(cache_path(**model_id), extract(partial(random_encoder, setup.encoder, network_map),
+                                                                 "random-encoder features"))
     if "fc" in setup.baselines:
         feats["fc"] = fc_features(scans)
     return feats

@@ -120,11 +120,47 @@ def _per_scan(f, name, S, path):
     ds = f.get(name)
     if ds is None:
         return None
-    if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or len(ds) != S:
-        shape = ds.shape if isinstance(ds, h5py.Dataset) else "a group"
-        raise ValueError(f"{path}: '{name}' has shape {shape} but the file has {S} scans; it needs exactly one "
+    if not isinstance(ds, h5py.Dataset):
+        raise ValueError(f"{path}: '{name}' is a group; it must be a dataset of exactly one value per scan, in "
+                         f"scan order")
+    if ds.ndim != 1 or len(ds) != S:
+        raise ValueError(f"{path}: '{name}' has shape {ds.shape} but the file has {S} scans; it needs exactly one "
                          f"value per scan, in scan order")
     return ds[()]
+
+
+def _subject_ids(f, S, path, need_ids):
+    """long_subject_id as one str per scan ([] when absent and not needed); a missing or NaN id is an
+    error when the ids are needed (a None subject would silently merge scans)."""
+    ids = _per_scan(f, "long_subject_id", S, path)
+    if ids is None:
+        if need_ids:
+            raise ValueError(f"{path}: no 'long_subject_id' dataset (one subject id per scan); add one, or pass "
+                             f"the ids as a text file (--subjects, one per line)")
+        return []
+    subjects = [_as_text(v) for v in ids]
+    if need_ids and None in subjects:
+        i = subjects.index(None)
+        raise ValueError(f"{path}: 'long_subject_id' of scan {i} is {ids[i]}, not an id; every scan needs its "
+                         f"subject's id (or pass the ids as a text file, --subjects)")
+    return subjects
+
+
+def _ts_len(f, S, path):
+    """The optional ts_len dataset as (S,) int64 (None when absent); raises unless every value is a
+    whole number of time points >= 0 (a NaN would otherwise become -2**63)."""
+    v = _per_scan(f, "ts_len", S, path)
+    if v is None:
+        return None
+    if v.dtype == bool or not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating)):
+        raise ValueError(f"{path}: 'ts_len' has dtype {v.dtype}; it needs the valid length of each scan as a "
+                         f"whole number of time points")
+    bad = ~np.isfinite(v) | (v < 0) | (v != np.round(v))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path}: 'ts_len' of scan {i} is {v[i]}; it needs the valid length of each scan as a "
+                         f"whole number of time points >= 0")
+    return v.astype(np.int64)
 
 
 def _as_text(v):
@@ -154,12 +190,8 @@ def load_h5(path, tr=None, n_rois=None, need_ids=True) -> data.Scans:
             raise ValueError(f"{path}: the atlases give {C} ROIs ({parts}) but the network map has {int(n_rois)} "
                              f"entries; the map needs one network id per ROI of {', '.join(ATLASES)}, in this "
                              f"order (the default map is the authors' 400 + 50 + 7 = 457)")
-        ids = _per_scan(f, "long_subject_id", S, path)
-        if ids is None and need_ids:
-            raise ValueError(f"{path}: no 'long_subject_id' dataset (one subject id per scan); add one, or pass "
-                             f"the ids as a text file (--subjects, one per line)")
-        ts_len = _per_scan(f, "ts_len", S, path)
-        lengths = _lengths(sets[0], None if ts_len is None else ts_len.astype(np.int64))
+        subjects = _subject_ids(f, S, path, need_ids)
+        lengths = _lengths(sets[0], _ts_len(f, S, path))
         data._check_lengths(lengths, None)
         if tr is not None:
             x, lengths = data._resample_array(x, lengths, tr)
@@ -168,8 +200,8 @@ def load_h5(path, tr=None, n_rois=None, need_ids=True) -> data.Scans:
     except BaseException:
         f.close()
         raise
-    return data.Scans(data=x, lengths=lengths, subjects=[] if ids is None else [_as_text(v) for v in ids],
-                      source=str(path.resolve()), key=file_key([path], "h5", tr))
+    return data.Scans(data=x, lengths=lengths, subjects=subjects, source=str(path.resolve()),
+                      key=file_key([path], "h5", tr))
 
 
 def label_names(path, n_scans) -> list:

@@ -11,7 +11,8 @@ scans in that form:
   augmented views per scan, all randomness from a torch.Generator on the training device,
   resumable bit for bit through `state_dict()` / `load_state_dict()`; `steps_per_epoch`.
 - `crop_starts`, `probe_crops(scans, idx)`: 8 evenly spaced, z-scored, un-augmented crops per scan
-  (SPEC §9), the input of probe.py and embed.py.
+  (SPEC §9): the input of features.encoder_features (probe.py, embed.py), of monitor.py's subject
+  separation during training, and of bench/coupling.py.
 - `scan_fc(scans, idx)`, `group_fc(scans)`, `fisher_z(r)`: Pearson functional connectivity and its
   Fisher-z transform (the FC probe baseline, `--networks auto:K`, bench/coupling.py).
 
@@ -94,6 +95,14 @@ def _pad_time(x, crop_len):
     return torch.nn.functional.pad(x, (0, max(0, crop_len - x.shape[-1])))
 
 
+def _read_zscored(scans, idx, lengths, device, crop_len):
+    """Scans idx (numpy (b,)) -> (b, C, max(T, T')) float32 on `device`, z-scored over `lengths` (b,)
+    (a tensor on `device`) and zero-padded for cropping. Read in the stored dtype (float16 halves the
+    host-to-device copy); the float32 work happens on the device."""
+    x = torch.from_numpy(scans.read(idx, None)).to(device)                       # (b, C, T)
+    return _pad_time(zscore(x, lengths), crop_len)
+
+
 def crop_starts(lengths, crop_len=CROP_LEN, n_crops=N_PROBE_CROPS) -> np.ndarray:
     """Probe crop starts (S, n_crops) int64: round(linspace(0, T−T', n_crops)) per scan (SPEC §9);
     a scan shorter than T' gives starts 0 (and is zero-padded)."""
@@ -107,7 +116,7 @@ def probe_crops(scans, idx=None, crop_len=CROP_LEN, n_crops=N_PROBE_CROPS, devic
     memory (each scan costs n_crops·C·T'·4 bytes, 1.5 MB at the defaults)."""
     idx = np.arange(len(scans)) if idx is None else np.asarray(idx, dtype=np.int64).reshape(-1)
     lengths = torch.as_tensor(scans.lengths[idx], device=device)
-    z = _pad_time(zscore(torch.from_numpy(scans.read(idx, None)).to(device), lengths), crop_len)  # (b, C, T)
+    z = _read_zscored(scans, idx, lengths, device, crop_len)                     # (b, C, T)
     starts = torch.as_tensor(crop_starts(scans.lengths[idx], crop_len, n_crops), device=device)
     b = len(idx)
     rows = torch.arange(b, device=device).repeat_interleave(n_crops)             # (b·n,)
@@ -218,8 +227,7 @@ class TrainBatches:
         if self.resident:
             src, rows = self._data, scan.repeat(2)
         else:
-            x = torch.from_numpy(self.scans.read(scan.cpu().numpy(), None)).to(dev)   # (B, C, T)
-            src = _pad_time(zscore(x, self.lengths[scan]), Tc)
+            src = _read_zscored(self.scans, scan.cpu().numpy(), self.lengths[scan], dev, Tc)   # (B, C, T)
             rows = torch.arange(B, device=dev).repeat(2)
         x = _gather_crops(src, rows, starts, Tc)                                  # (2B, C, T')
         x = augment(x, g) if self.augment else x.float()

@@ -86,7 +86,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import TR
+from data import TR, subjects_path
 from fileio import atomic_write
 
 SYNTH_VERSION = 3   # bump whenever the generator changes: cached cohorts with another version are rebuilt
@@ -297,9 +297,10 @@ def _write_text(path, text):
 
 def _write_scans(out_dir, name, x, subjects):
     """name.npy and name_subjects.txt."""
-    with atomic_write(out_dir / f"{name}.npy") as f:
+    path = out_dir / f"{name}.npy"
+    with atomic_write(path) as f:
         np.save(f, x)
-    _write_text(out_dir / f"{name}_subjects.txt", "\n".join(subjects) + "\n")
+    _write_text(subjects_path(path), "\n".join(subjects) + "\n")
 
 
 def default_synthetic_dir() -> Path:
@@ -320,8 +321,9 @@ def _synthetic_problem(d, expect):
     try:
         S = expect["n_pretrain_subjects"] * expect["scans_per_subject"]
         for name, n in (("pretrain", S), ("probe", expect["n_probe"])):
-            x = np.load(d / f"{name}.npy", mmap_mode="r")
-            if x.shape[:2] != (n, meta["n_rois"]) or len((d / f"{name}_subjects.txt").read_text().split()) != n:
+            path = d / f"{name}.npy"
+            x = np.load(path, mmap_mode="r")
+            if x.shape[:2] != (n, meta["n_rois"]) or len(subjects_path(path).read_text().split()) != n:
                 return f"{name} files do not match cohort.json"
         lines = (d / "probe_labels.csv").read_text().splitlines()
         if len(lines) != expect["n_probe"] + 1 or lines[0].split(",") != ["subject", *LABELS]:

@@ -44,6 +44,18 @@ def test_npy_is_memory_mapped_with_lengths_and_subject_sidecar(npy):
     assert data.load_scans(p, subjects=["w", "x", "y", "z"]).subjects == ["w", "x", "y", "z"]
 
 
+def test_ids_from_data_says_where_the_subject_ids_came_from(npy, tmp_path):
+    p, _ = npy
+    assert data.subjects_path(p) == tmp_path / "scans_subjects.txt"
+    assert not data.load_scans(p).ids_from_data                            # made up: scan00000, ...
+    assert data.load_scans(p, subjects=["w", "x", "y", "z"]).ids_from_data
+    data.subjects_path(p).write_text("a\na\nb\nc\n")
+    assert data.load_scans(p).ids_from_data
+    (tmp_path / "f").mkdir()
+    np.savetxt(tmp_path / "f" / "sub-01.csv", np.ones((30, 4)), delimiter=",")
+    assert data.load_scans(tmp_path / "f").ids_from_data                   # BIDS file names
+
+
 def test_stc_layout_is_a_lazy_transpose(npy, tmp_path):
     p, x = npy
     q = tmp_path / "stc.npy"
@@ -126,6 +138,15 @@ def test_wrong_ndim_dtype_layout_and_tr(tmp_path):
     (tmp_path / "trunc.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(ValueError, match="trunc.npy: cannot read as .npy"):
         data.load_scans(tmp_path / "trunc.npy")
+
+
+def test_an_empty_axis(tmp_path):
+    for shape, layout, what in (((3, 0, 30), "SCT", "ROIs"), ((3, 6, 0), "SCT", "time points"),
+                                ((0, 6, 30), "SCT", "scans"), ((3, 30, 0), "STC", "ROIs")):
+        p = save(tmp_path, np.zeros(shape, np.float32))
+        with pytest.raises(ValueError, match=rf"{p.name}: shape \({shape[0]}, {shape[1]}, {shape[2]}\) "
+                                             rf"\(scans, .*\) holds no {what}$"):
+            data.load_scans(p, layout=layout)
 
 
 def test_all_nan_scan(tmp_path):

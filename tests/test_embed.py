@@ -107,6 +107,15 @@ def test_synthetic_cohort_by_default(ckpt, tmp_path, monkeypatch, capsys):
     assert "SYNTHETIC" in capsys.readouterr().out
 
 
+def test_synthetic_cohort_in_another_atlas(ckpt, tmp_path, monkeypatch, capsys):
+    folder = synthetic.make_synthetic_cohort(tmp_path / "syn", n_pretrain_subjects=2, scans_per_subject=1, n_probe=4,
+                                             length_range=(100, 110), network_map=np.repeat(np.arange(2), 4))
+    monkeypatch.setattr(synthetic, "ensure_synthetic_cohort", lambda: folder)
+    err = _error(["--ckpt", str(ckpt), "--out", str(tmp_path / "syn.npy")], capsys)
+    assert "the data have 8 ROIs but the network map has 12 entries" in err
+    assert "(the built-in synthetic cohort has the default 457 ROIs: pass --data)" in err
+
+
 def _error(argv, capsys):
     return probe_error(argv, capsys, embed.main)
 
@@ -117,7 +126,7 @@ def test_user_errors(ckpt, npy, tmp_path, capsys):
     assert f"no such file: {tmp_path / 'nope.npy'}" in _error(base + ["--data", str(tmp_path / "nope.npy")], capsys)
     write_authors_h5(tmp_path / "d.h5")
     err = _error(base + ["--data", str(tmp_path / "d.h5")], capsys)
-    assert "the data have 457 ROIs but the checkpoint's network map has 12 entries" in err
+    assert "the atlases give 457 ROIs (schaefer400 400 + tian3 50 + buckner7 7) but the network map has 12" in err
     assert "expected a name ending in .npy or .csv" in _error(base[:2] + ["--data", str(path), "--out", "e.parquet"],
                                                                capsys)
     np.savetxt(tmp_path / "map.txt", np.repeat(np.arange(4), 3), fmt="%d")
@@ -126,3 +135,7 @@ def test_user_errors(ckpt, npy, tmp_path, capsys):
     np.savetxt(tmp_path / "same.txt", NET_MAP, fmt="%d")                    # its own map is accepted
     embed.main(base + ["--data", str(path), "--networks", str(tmp_path / "same.txt")])
     assert "--crops must be at least 1" in _error(base + ["--data", str(path), "--crops", "0"], capsys)
+    for flag, value, why in (("--subjects", str(tmp_path / "ids.txt"), "carries its own ids"),
+                             ("--tr", "0.72", "is at TR 2.0 s already"),
+                             ("--layout", "STC", "is stored (scans, ROIs, time)")):   # without --data
+        assert f"{flag} describes --data; the synthetic probe cohort {why}" in _error(base + [flag, value], capsys)

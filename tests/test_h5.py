@@ -57,6 +57,7 @@ def test_atlases_concatenated_in_order_with_lengths_and_ids(h5):
     sc = data.load_scans(p)
     assert sc.data.shape == (6, 457, 130) and sc.data.dtype == np.float16 and sc.n_rois == 457
     assert sc.lengths.tolist() == LENGTHS and sc.subjects == IDS and sc.n_subjects == 3
+    assert sc.ids_from_data                                                 # long_subject_id
     np.testing.assert_array_equal(sc.read(np.arange(6), None), x)          # NaN padding included
     with h5py.File(p) as f:                                                 # schaefer400, tian3, buckner7
         np.testing.assert_array_equal(sc.read([1], None)[0, 400:450], f["timeseries/tian3"][1])
@@ -199,6 +200,35 @@ def test_errors(h5, tmp_path):
     (tmp_path / "garbage.h5").write_bytes(b"not hdf5" * 10)
     with pytest.raises(ValueError, match="cannot read as an HDF5 file"):
         data.load_scans(tmp_path / "garbage.h5")
+
+
+def test_errors_in_ids_and_ts_len(tmp_path):
+    q = tmp_path / "q.h5"
+    write_authors_h5(q, ts_len=np.array([120.0, np.nan, 60, 25, 40, 90]))
+    with pytest.raises(ValueError, match=r"'ts_len' of scan 1 is nan; it needs the valid length of each scan as a "
+                                         r"whole number of time points >= 0"):
+        data.load_scans(q)
+    write_authors_h5(q, ts_len=np.array([120, 100, -1, 25, 40, 90]))
+    with pytest.raises(ValueError, match=r"'ts_len' of scan 2 is -1; it needs"):
+        data.load_scans(q)
+    write_authors_h5(q, ts_len=np.array([120, 100, 60, 25.5, 40, 90]))
+    with pytest.raises(ValueError, match=r"'ts_len' of scan 3 is 25.5; it needs"):
+        data.load_scans(q)
+    write_authors_h5(q, ts_len=np.array([b"a"] * 6))
+    with pytest.raises(ValueError, match=r"'ts_len' has dtype \|S1; it needs the valid length"):
+        data.load_scans(q)
+    write_authors_h5(q, ids=False, long_subject_id=np.array([1.0, 1.0, 2.0, np.nan, 3.0, 3.0]))
+    with pytest.raises(ValueError, match=r"'long_subject_id' of scan 3 is nan, not an id; every scan needs its "
+                                         r"subject's id \(or pass the ids as a text file, --subjects\)"):
+        data.load_scans(q)
+    assert data.load_scans(q, subjects=list("aabbcc")).subjects == list("aabbcc")   # ids given: NaN ones unused
+    for name in ("long_subject_id", "ts_len"):
+        write_authors_h5(q, ids=False)
+        with h5py.File(q, "a") as f:
+            f.create_group(name)
+        with pytest.raises(ValueError, match=f"'{name}' is a group; it must be a dataset of exactly one value per "
+                                             f"scan, in scan order"):
+            data.load_scans(q, subjects=list("aabbcc"))
 
 
 def test_errors_in_the_series(tmp_path):

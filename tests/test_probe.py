@@ -192,7 +192,7 @@ def test_cli_user_errors(ckpt, tmp_path, capsys):
     wrong.mkdir()
     w_scans, w_labels = _cohort(wrong, n_rois=10)
     err = _error(["--ckpt", str(ckpt), "--data", str(w_scans), "--labels", str(w_labels), "--task", "dx"], capsys)
-    assert "the data have 10 ROIs but the checkpoint's network map has 12" in err
+    assert "the data have 10 ROIs but the network map has 12" in err
     assert "--data and --labels go together" in _error(["--ckpt", str(ckpt), "--data", str(scans), "--task", "dx"],
                                                        capsys)
     assert "--split must be" in _error(ok + ["--task", "dx", "--split", "4:1"], capsys)

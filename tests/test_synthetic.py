@@ -73,7 +73,7 @@ def test_ensure_synthetic_cohort_reuses_and_repairs(tmp_path, capsys):
     (d / "pretrain.npy").write_bytes(b"garbage")
     synthetic.ensure_synthetic_cohort(d, **kw)
     assert "unreadable" in capsys.readouterr().err and data.load_scans(d / "pretrain.npy").data.shape[0] == 8
-    assert not [p for p in d.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]          # fileio.atomic_write's temporaries
 
 
 def test_a_v2_cache_and_its_labels_are_regenerated(tmp_path, capsys):
