@@ -99,24 +99,25 @@ def scan_labels(header, rows, task, scan_subjects, data_has_ids):
     return [value(r) for r in rows], subjects, notes
 
 
-def task_labels(task, labels_path, scans, has_ids):
+def task_labels(task, labels_path, scans, has_ids, table=None):
     """Raw label per scan (None = missing), subject id per scan and notes for `task`: from the labels
-    file, or (labels_path None) from the label datasets of the .h5 file the scans came from."""
+    file, or (labels_path None) from the label datasets of the .h5 file the scans came from.
+    table: read_labels(labels_path) already read, so that --task all reads the file once."""
     if labels_path is None:
         from h5data import read_label   # h5py only for .h5 data
         values = read_label(scans.source, task, len(scans))
         return [None if v is None or v.lower() in MISSING else v for v in values], list(scans.subjects), []
-    header, rows = read_labels(labels_path)
+    header, rows = table or read_labels(labels_path)
     return scan_labels(header, rows, task, list(scans.subjects), has_ids)
 
 
-def label_columns(labels_path, scans):
+def label_columns(labels_path, scans, table=None):
     """Every task of a labels file (its columns but the subject column), or (labels_path None) the
-    label datasets of the .h5 file the scans came from."""
+    label datasets of the .h5 file the scans came from. table: as in task_labels."""
     if labels_path is None:
         from h5data import label_names
         return label_names(scans.source, len(scans))
-    header, _ = read_labels(labels_path)
+    header, _ = table or read_labels(labels_path)
     return [h for h in header if h.lower() not in SUBJECT_COLUMNS]
 
 

@@ -153,13 +153,37 @@ def prepare(args):
                  labels_path, precision, why)
 
 
-def load_task(setup, name, task_type="auto", bins=None):
-    """One label column (or .h5 label dataset) -> a splittable Task."""
-    values, subjects, notes = labels.task_labels(name, setup.labels_path, setup.scans, setup.has_ids)
-    task = labels.make_task(name, values, subjects, task_type, bins)
+def load_task(setup, name, task_type="auto", bins=None, table=None, continuous_only=False):
+    """One label column (or .h5 label dataset) -> a splittable Task. continuous_only (--task all):
+    --bins applies only to a column that would otherwise be a regression, and only the task that is
+    probed (binned or not) is checked for splittability. table: the labels file, read once."""
+    values, subjects, notes = labels.task_labels(name, setup.labels_path, setup.scans, setup.has_ids, table)
+    task = labels.make_task(name, values, subjects, task_type, None if continuous_only else bins)
+    if continuous_only and bins is not None and task.kind == "regression":
+        task = labels.make_task(name, values, subjects, bins=bins)
     task.notes[:0] = notes
     labels.check_splittable(task, setup.ratios)
     return task
+
+
+def load_all_tasks(args, setup):
+    """--task all: every label column -> ({name: splittable Task}, {name: why it is skipped}), the
+    labels file read once; every error here comes before any feature is extracted."""
+    table = labels.read_labels(setup.labels_path) if setup.labels_path is not None else None
+    names = labels.label_columns(setup.labels_path, setup.scans, table)
+    if not names:
+        raise ValueError(f"--task all: {setup.labels_path or setup.data_path} has no label columns")
+    print(f"Tasks: {', '.join(names)} ({len(setup.seeds)} repeats of {args.split} subject splits each)")
+    tasks, skipped = {}, {}
+    for name in names:
+        try:
+            tasks[name] = load_task(setup, name, bins=args.bins, table=table, continuous_only=True)
+        except ValueError as e:
+            skipped[name] = str(e)
+            print(f"  skipped '{name}': {e}")
+    if not tasks:
+        raise ValueError("--task all: no label column could be probed (reasons above)")
+    return tasks, skipped
 
 
 def cohort(setup):
@@ -209,37 +233,24 @@ def run(args):
 def run_all(args, setup):
     """--task all: every label column, features extracted once, one task x method table,
     probe_all.json and probe_all.png. A column that cannot be probed is skipped with the reason."""
-    names = labels.label_columns(setup.labels_path, setup.scans)
-    if not names:
-        raise ValueError(f"--task all: {setup.labels_path or setup.data_path} has no label columns")
-    print(f"Tasks: {', '.join(names)} ({len(setup.seeds)} repeats of {args.split} subject splits each)")
+    tasks, skipped = load_all_tasks(args, setup)
     feats = features.method_features(args, setup)
-    tasks, skipped = {}, {}
-    for name in names:
-        try:
-            task = load_task(setup, name)
-            if args.bins is not None and task.kind == "regression":     # --bins: continuous columns only
-                task = load_task(setup, name, bins=args.bins)
-        except ValueError as e:
-            skipped[name] = str(e)
-            print(f"  skipped '{name}': {e}")
-            continue
+    probed = {}
+    for name, task in tasks.items():
         t0 = time.time()
         results = probe_methods(feats, task, setup, args.max_iter, verbose=False)
-        tasks[name] = {**report.task_summary(task), "metric": PRIMARY[task.kind], "methods": results,
-                       "teacher_minus_baseline": paired_differences(results, task.kind)}
+        probed[name] = {**report.task_summary(task), "metric": PRIMARY[task.kind], "methods": results,
+                        "teacher_minus_baseline": paired_differences(results, task.kind)}
         print(f"  {name}: {task.kind}, {len(task.y)} subjects, probed in {time.time() - t0:.1f} s")
-    if not tasks:
-        raise ValueError("--task all: no label column could be probed (reasons above)")
     print(f"\nEvery task on {cohort(setup)}: test subjects, mean ± std over {len(setup.seeds)} repeats; "
           f"teacher − baseline on the same splits (teacher better in k of n)")
-    print(report.format_all_table(tasks))
+    print(report.format_all_table(probed))
     out = Path(args.out) if args.out else setup.ckpt.resolve().parent / "probe_all.json"
     rep = {"task": ALL, "synthetic": setup.synthetic, "config": report.run_config(args, setup),
-           "std": "over repeats, ddof 0", "tasks": tasks, "skipped": skipped}
+           "std": "over repeats, ddof 0", "tasks": probed, "skipped": skipped}
     title = (f"every task ({'synthetic' if setup.synthetic else setup.data_path.name}), "
              f"{len(setup.seeds)} repeats, mean ± std")
-    report.save(rep, out, lambda png: report.plot_all(tasks, png, title))
+    report.save(rep, out, lambda png: report.plot_all(probed, png, title))
     return rep
 
 

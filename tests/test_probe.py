@@ -259,3 +259,28 @@ def test_cli_task_all_bins_skips_and_errors(ckpt, tmp_path, capsys):
     err = _error(["--ckpt", str(ckpt), "--data", str(scans), "--labels", str(labels), "--task", "all",
                   "--task-type", "regression"], capsys)
     assert "--task-type applies to a single task" in err
+
+
+def test_cli_task_all_decides_every_task_before_extraction(ckpt, tmp_path, monkeypatch, capsys):
+    scans, labels = _cohort(tmp_path, n_subj=13)
+    base = ["--ckpt", str(ckpt), "--data", str(scans), "--task", "all", "--no-cache"]
+    # 13 subjects: age as a regression would leave 1 val subject (4:1:8), too few for R²; binned in
+    # 2 quantile classes of 6 and 7 subjects it splits, so --bins makes it probeable
+    rep = probe.main(base + ["--labels", str(labels), "--bins", "2", "--repeats", "1", "--baselines", "none",
+                             "--max-iter", "100", "--out", str(tmp_path / "all.json")])
+    assert list(rep["tasks"]) == ["dx", "age"] and not rep["skipped"]
+    assert rep["tasks"]["age"]["kind"] == "classification" and len(rep["tasks"]["age"]["classes"]) == 2
+
+    def no_extraction(*a, **k):
+        raise AssertionError("a task error must show before any feature is extracted")
+    monkeypatch.setattr(features, "method_features", no_extraction)
+    with pytest.raises(AssertionError, match="before any feature"):       # without --bins age is skipped,
+        probe.main(base + ["--labels", str(labels)])                       # and says so before extraction
+    assert "skipped 'age': task 'age' has 13 labelled subjects" in capsys.readouterr().out
+    subjects_only = tmp_path / "subjects.csv"
+    subjects_only.write_text("subject\n" + "".join(f"sub-{i:03d}\n" for i in range(13)))
+    assert "has no label columns" in _error(base + ["--labels", str(subjects_only)], capsys)
+    one_class = tmp_path / "one_class.csv"
+    one_class.write_text("subject,site\n" + "".join(f"sub-{i:03d},A\n" for i in range(13)))
+    err = _error(base + ["--labels", str(one_class)], capsys)
+    assert "no label column could be probed" in err
