@@ -94,15 +94,14 @@ def _options(args):
         ratios = ()
     if len(ratios) != 3 or min(ratios) <= 0:
         raise ValueError(f"--split must be three positive numbers train:val:test, e.g. 4:1:8 (got {args.split!r})")
-    if args.seeds:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise ValueError(f"--seeds must be comma-separated integers (got {args.seeds!r})") from None
+    if args.seeds is not None:
+        seeds = _seeds(args.seeds)
     else:
         if args.repeats < 1:
             raise ValueError("--repeats must be at least 1")
         seeds = list(range(args.repeats))
+    if args.max_iter < 1:
+        raise ValueError(f"--max-iter must be at least 1 (got {args.max_iter})")
     baselines = [b.strip().lower() for b in args.baselines.split(",") if b.strip()]
     baselines = [] if baselines == ["none"] else baselines
     bad = [b for b in baselines if b not in ("fc", "random")]
@@ -118,6 +117,24 @@ def _options(args):
         raise ValueError("--data and --labels go together (leave both out for the synthetic probe cohort; "
                          "an .h5 file in the authors' layout carries its own labels)")
     return ratios, seeds, baselines
+
+
+def _seeds(text):
+    """--seeds "0,3,7" -> [0, 3, 7]: non-negative (numpy seeds a split with them), each once (a seed
+    given twice would be the same split counted as two repeats)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = None
+    if not seeds:
+        raise ValueError(f"--seeds must be comma-separated integers, e.g. 0,1,2 (got {text!r})")
+    if min(seeds) < 0:
+        raise ValueError(f"--seeds must be non-negative (got {min(seeds)})")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"--seeds lists {', '.join(map(str, twice))} more than once; each seed is one split, "
+                         f"so a repeated seed would count the same split twice")
+    return seeds
 
 
 @dataclass

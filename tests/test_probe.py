@@ -261,6 +261,20 @@ def test_cli_task_all_bins_skips_and_errors(ckpt, tmp_path, capsys):
     assert "--task-type applies to a single task" in err
 
 
+@pytest.mark.parametrize("opts, message", [
+    (["--seeds", ","], "--seeds must be comma-separated integers"),
+    (["--seeds", "1,x"], "--seeds must be comma-separated integers"),
+    (["--seeds", "-1"], "--seeds must be non-negative (got -1)"),
+    (["--seeds", "1,2,1"], "--seeds lists 1 more than once"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--max-iter", "0"], "--max-iter must be at least 1 (got 0)"),
+    (["--bins", "1"], "--bins must be at least 2"),
+])
+def test_cli_option_errors_come_before_any_file(opts, message, tmp_path, capsys):
+    # the checkpoint does not exist: the option's own message shows it was checked first
+    assert message in _error(["--ckpt", str(tmp_path / "no.pt"), "--task", "dx"] + opts, capsys)
+
+
 def test_cli_task_all_decides_every_task_before_extraction(ckpt, tmp_path, monkeypatch, capsys):
     scans, labels = _cohort(tmp_path, n_subj=13)
     base = ["--ckpt", str(ckpt), "--data", str(scans), "--task", "all", "--no-cache"]
