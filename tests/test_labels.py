@@ -73,6 +73,35 @@ def test_label_errors(tmp_path):
         _task([f"site{i}" for i in range(20)])
 
 
+@pytest.mark.parametrize("text, message", [
+    ("subject,dx\n", "needs a header row and at least one data row"),
+    ("subject,dx,age\na,1,30\nb,0\n", "row 3 has 2 fields, the header has 3"),
+])
+def test_labels_file_errors(tmp_path, text, message):
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        labels.read_labels(tmp_path / "labels.csv")
+
+
+def test_subject_with_two_values(tmp_path):
+    header, rows = ["subject", "dx"], [["sub-a", "1"], ["a", "0"], ["b", "1"]]
+    with pytest.raises(ValueError, match=r"subject a appears twice in the labels with different 'dx' values "
+                                         r"\(1, 0\); give one row per subject"):
+        labels.scan_labels(header, rows, "dx", ["a", "b"], True)
+
+
+@pytest.mark.parametrize("values, kw, message", [
+    ([None, None], {}, "task 't': every scan's label is missing"),
+    ([1.5, 2.5, 3.5], {"bins": 2, "task_type": "regression"}, "--bins turns the target into classes; it cannot"),
+    (["M", "F"], {"bins": 2}, "--bins needs a numeric target, but task 't' has non-numeric values"),
+    (["M", "F"], {"task_type": "regression"}, "task 't' has non-numeric values; a regression target must be numbers"),
+    ([5.0] * 10, {"bins": 3}, "task 't' cannot be binned into 3 quantile classes: too few distinct values"),
+])
+def test_make_task_errors(values, kw, message):
+    with pytest.raises(ValueError, match=message):
+        _task(values, **kw)
+
+
 # ---------------------------------------------------------------- splits
 
 def test_split_deterministic_stratified_disjoint():
