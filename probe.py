@@ -233,7 +233,8 @@ def run(args):
     report.describe_task(task, args.split, setup.seeds)
     feats = features.method_features(args, setup)                             # features
     results = probe_methods(feats, task, setup, args.max_iter)                # fit
-    paired = report.print_results(task, results, cohort(setup), len(setup.seeds))   # report
+    paired = paired_differences(results, task.kind)
+    report.print_results(task, results, paired, cohort(setup), len(setup.seeds))   # report
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task.name)
     out = Path(args.out) if args.out else setup.ckpt.resolve().parent / f"probe_{safe}.json"
     rep = {

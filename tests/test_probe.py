@@ -120,7 +120,11 @@ def test_cli_three_classes_then_regression_reuses_cache(ckpt, tmp_path, monkeypa
         assert np.sum(m["confusion"]) == sum(r["n_test"] for r in m["repeats"])
     assert out.with_suffix(".png").stat().st_size > 0
     assert len(list((tmp_path / "c").glob("*.npy"))) == 2                 # teacher + random encoder
-    assert "balanced acc" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "balanced acc" in printed
+    wins = rep["teacher_minus_baseline"]["fc"]["balanced_accuracy"]["teacher_better"]
+    fc_line = next(line for line in printed.splitlines() if line.startswith("teacher − FC (Fisher-z)"))
+    assert fc_line.endswith(f"(teacher better in {wins}/2)")
     paired = rep["teacher_minus_baseline"]["fc"]["balanced_accuracy"]
     diffs = [a["test"]["balanced_accuracy"] - b["test"]["balanced_accuracy"]
              for a, b in zip(rep["methods"]["teacher"]["repeats"], rep["methods"]["fc"]["repeats"])]
