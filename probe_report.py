@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 
+from fileio import atomic_write
 from linear_probe import ALPHA_GRID, C_GRID, METRICS, PRIMARY
 
 METHOD_TITLES = {"teacher": "pretrained teacher", "random": "random-init encoder", "fc": "FC (Fisher-z)"}
@@ -79,7 +80,7 @@ def format_all_table(tasks):
     methods = list(next(iter(tasks.values()))["methods"])
     baselines = [m for m in methods if m != "teacher"]
     rows = [["task", "metric"] + [SHORT_TITLES[m] for m in methods]
-            + [f"teacher − {SHORT_TITLES[b]}" for b in baselines if "teacher" in methods]]
+            + [f"teacher − {SHORT_TITLES[b]}" for b in baselines]]
     for name, t in tasks.items():
         m = t["metric"]
         row = [name, METRIC_TITLES[m]]
@@ -121,8 +122,8 @@ def task_summary(task):
 
 def save(report, out, plot):
     """Write the report as strict JSON to `out` and call plot(png path) for the PNG beside it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_finite(report), indent=1))
+    with atomic_write(out, "w") as f:                               # makes the folder too
+        f.write(json.dumps(_finite(report), indent=1))
     png = out.with_suffix(".png")
     plot(png)
     print(f"\nwrote {out} and {png}")
