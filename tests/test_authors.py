@@ -80,6 +80,14 @@ def test_converter_writes_our_format(ref, tmp_path):
     check_features(encoder32, ref, "teacher", tol=1e-5)
 
 
+def test_converter_reads_the_checkpoint_once(ref, tmp_path, monkeypatch):
+    reads, real = [], checkpoint._read
+    monkeypatch.setattr(checkpoint, "_read", lambda *a: reads.append(a[0]) or real(*a))
+    encoder, meta = checkpoint.convert(FIXTURES / "checkpoint_epoch_1.pth", tmp_path / "teacher.pt")
+    assert len(reads) == 1 and meta["network_names"][0] == "Vis"
+    check_features(encoder, ref, "teacher")                 # float64, as the source
+
+
 def test_two_training_steps_equal_theirs(theirs, ref):
     cfg_e, m, states = checkpoint.import_authors(theirs)
     steps = ref["steps"]
