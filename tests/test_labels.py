@@ -73,6 +73,25 @@ def test_label_errors(tmp_path):
         _task([f"site{i}" for i in range(20)])
 
 
+def test_subject_column_is_no_task(tmp_path):
+    header, rows = ["participant_id", "age"], [["1", "30"], ["2", "40"]]
+    with pytest.raises(ValueError, match="'participant_id' is the subject column: .* not a label to probe; "
+                                         "available: age"):
+        labels.scan_labels(header, rows, "participant_id", ["1", "2"], True)
+
+
+def test_command_line(tmp_path, capsys):
+    f = tmp_path / "labels.csv"
+    f.write_text("subject,dx\n" + "a,1\nb,0\nb,0\nc,NA\n")
+    labels.main([str(f), "dx"])
+    out = capsys.readouterr().out
+    assert "dx: classification, 2 subjects, 3 rows used, 1 missing; classes 0, 1" in out and "3 scans from 2" in out
+    with pytest.raises(SystemExit) as e:
+        labels.main([str(f), "subject"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("labels.py: error: 'subject' is the subject column")
+
+
 @pytest.mark.parametrize("text, message", [
     ("subject,dx\n", "needs a header row and at least one data row"),
     ("subject,dx,age\na,1,30\nb,0\n", "row 3 has 2 fields, the header has 3"),
