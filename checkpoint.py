@@ -109,14 +109,18 @@ def load_teacher(path, map_location="cpu", network_map=None, dtype=None):
     `network_map`: ROI -> network ids for an authors' checkpoint (default: the 457-ROI layout of
     SPEC §2); ours carry their own map and refuse a different one. `dtype`: e.g. torch.float64 to
     keep a float64 checkpoint exact (default float32)."""
-    from encoder import Encoder
     path = os.fspath(path)
-    obj = _read(path, map_location)
+    return _teacher_from(_read(path, map_location), path, map_location, network_map, dtype)
+
+
+def _teacher_from(obj, path, map_location="cpu", network_map=None, dtype=None):
+    """load_teacher on a checkpoint already read (convert reads it first to find its dtype)."""
+    from encoder import Encoder
     if _authors_state_dict(obj) is not None:
         config, m, states = import_authors(obj, network_map, path)
         state, meta = states["teacher"]["encoder"], {
             "format": "authors", "encoder_config": asdict(config), "network_map": torch.from_numpy(m),
-            "network_names": None, "step": obj.get("epoch") if "model_state_dict" in obj else None,
+            "network_names": network_names(m), "step": obj.get("epoch") if "model_state_dict" in obj else None,
             "train_config": {"imported_from": os.path.abspath(path)}}
     else:
         obj = _check_format(obj, path, TEACHER_FORMAT)
@@ -135,7 +139,6 @@ def load_teacher(path, map_location="cpu", network_map=None, dtype=None):
                          f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if isinstance(map_location, (str, torch.device)):
         encoder.to(map_location)
-    meta["network_names"] = meta["network_names"] or network_names(m)
     return encoder.eval(), meta
 
 
@@ -315,7 +318,6 @@ def load_init(path, network_map=None):
 
     Reads the authors' checkpoints (student, teacher and head), our state.pt (the same) and our
     teacher.pt (both encoders from the teacher; no head is stored there, so it starts fresh)."""
-    from encoder import EncoderConfig
     path = os.fspath(path)
     obj = _read(path, "cpu")
     if _authors_state_dict(obj) is not None:
@@ -329,7 +331,7 @@ def load_init(path, network_map=None):
                   for role in ("student", "teacher")}
     else:
         states = {role: {"encoder": obj["state_dict"], "head": None} for role in ("student", "teacher")}
-    return EncoderConfig(**asdict(config)), m, states
+    return config, m, states
 
 
 def check_architecture(run_config, ckpt_config, path, run_map, ckpt_map):
@@ -349,21 +351,22 @@ def check_architecture(run_config, ckpt_config, path, run_map, ckpt_map):
 
 def convert(src, out, network_map=None):
     """An authors' checkpoint -> our teacher.pt (teacher encoder, network map), in the source's dtype."""
+    src = os.fspath(src)
     obj = _read(src, "cpu")
     sd = _authors_state_dict(obj)
     if sd is None:
         raise ValueError(f"{src} is not a checkpoint of the authors' code (no teacher_encoder.* tensors); "
                          f"our own teacher.pt needs no conversion")
     dtype = next(v.dtype for k, v in sd.items() if k.startswith("teacher_encoder.") and v.is_floating_point())
-    encoder, meta = load_teacher(src, network_map=network_map, dtype=dtype)
+    encoder, meta = _teacher_from(obj, src, network_map=network_map, dtype=dtype)
     save_teacher(out, encoder, meta["network_map"], meta["step"] or 0, meta["train_config"])
     return encoder, meta
 
 
 def main(argv=None):
     import argparse
-    import sys
-    from networks import load_network_map
+
+    import features   # the scripts' error convention (features imports this module: not at the top)
     p = argparse.ArgumentParser(description="Checkpoint tools. convert: a checkpoint of the authors' code "
                                             "(their main.py dict or a bare model_state_dict) -> our teacher.pt.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -372,13 +375,13 @@ def main(argv=None):
     c.add_argument("--out", required=True, help="where to write teacher.pt")
     c.add_argument("--networks", default="default", help="ROI -> network map the model was trained with: "
                    "default (SPEC §2, 457 ROIs) or a file of one network id per ROI (default: %(default)s)")
-    args = p.parse_args(argv)
-    try:
-        m = load_network_map(args.networks)
-        encoder, meta = convert(args.src, args.out, m)
-    except ValueError as e:
-        print(f"checkpoint.py: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    features.cli(_convert_cli, p.parse_args(argv), "checkpoint.py")
+
+
+def _convert_cli(args):
+    """checkpoint.py convert: write teacher.pt and say what it holds."""
+    from networks import load_network_map
+    encoder, meta = convert(args.src, args.out, load_network_map(args.networks))
     cfg = meta["encoder_config"]
     print(f"wrote {args.out}: teacher encoder D {cfg['dim']}, depth {cfg['depth']}, {cfg['heads']} heads, "
           f"{len(meta['network_map'])} ROIs in {int(meta['network_map'].max()) + 1} networks, "

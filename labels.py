@@ -17,7 +17,6 @@
     python labels.py labels.csv TASK   # how a column would be probed: task type, classes, subjects
 """
 import csv
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,9 +58,12 @@ def scan_labels(header, rows, task, scan_subjects, data_has_ids):
 
     data_has_ids: whether `scan_subjects` came from the data (file names) rather than being
     placeholders; only then can rows be matched by id."""
+    cols = [h for h in header if h.lower() not in SUBJECT_COLUMNS]
     if task not in header:
-        cols = [h for h in header if h.lower() not in SUBJECT_COLUMNS]
         raise ValueError(f"unknown task '{task}': the labels file has no such column; available: {', '.join(cols)}")
+    if task not in cols:                       # numeric ids would be a silent regression on the ids
+        raise ValueError(f"'{task}' is the subject column: it says which scans belong to one subject and is not "
+                         f"a label to probe; available: {', '.join(cols)}")
     col = header.index(task)
     sub_col = next((header.index(h) for h in header if h.lower() in SUBJECT_COLUMNS), None)
     n = len(scan_subjects)
@@ -99,24 +101,25 @@ def scan_labels(header, rows, task, scan_subjects, data_has_ids):
     return [value(r) for r in rows], subjects, notes
 
 
-def task_labels(task, labels_path, scans, has_ids):
+def task_labels(task, labels_path, scans, has_ids, table=None):
     """Raw label per scan (None = missing), subject id per scan and notes for `task`: from the labels
-    file, or (labels_path None) from the label datasets of the .h5 file the scans came from."""
+    file, or (labels_path None) from the label datasets of the .h5 file the scans came from.
+    table: read_labels(labels_path) already read, so that --task all reads the file once."""
     if labels_path is None:
         from h5data import read_label   # h5py only for .h5 data
         values = read_label(scans.source, task, len(scans))
         return [None if v is None or v.lower() in MISSING else v for v in values], list(scans.subjects), []
-    header, rows = read_labels(labels_path)
+    header, rows = table or read_labels(labels_path)
     return scan_labels(header, rows, task, list(scans.subjects), has_ids)
 
 
-def label_columns(labels_path, scans):
+def label_columns(labels_path, scans, table=None):
     """Every task of a labels file (its columns but the subject column), or (labels_path None) the
-    label datasets of the .h5 file the scans came from."""
+    label datasets of the .h5 file the scans came from. table: as in task_labels."""
     if labels_path is None:
         from h5data import label_names
         return label_names(scans.source, len(scans))
-    header, _ = read_labels(labels_path)
+    header, _ = table or read_labels(labels_path)
     return [h for h in header if h.lower() not in SUBJECT_COLUMNS]
 
 
@@ -279,15 +282,29 @@ def check_splittable(task, ratios):
                          f"at least 2 subjects in each of train/val/test")
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python labels.py labels.csv TASK")
-    hdr, rws = read_labels(sys.argv[1])
-    sub_col = next((hdr.index(h) for h in hdr if h.lower() in SUBJECT_COLUMNS), None)
-    ids = [r[sub_col] for r in rws] if sub_col is not None else [f"row{i}" for i in range(len(rws))]
-    t = make_task(sys.argv[2], *scan_labels(hdr, rws, sys.argv[2], ids, False)[:2])
+def main(argv=None):
+    import argparse
+
+    import features   # the scripts' error convention (features -> data imports this module: not at the top)
+    p = argparse.ArgumentParser(description="How a column of a labels file would be probed: task type, classes, "
+                                            "subjects (rows are scans in order; a subject column groups them)")
+    p.add_argument("labels", help="CSV/TSV with a header row")
+    p.add_argument("task", help="the column")
+    return features.cli(_describe, p.parse_args(argv), "labels.py")
+
+
+def _describe(args):
+    """labels.py labels.csv TASK -> the Task, described on stdout."""
+    header, rows = read_labels(args.labels)
+    values, subjects, _ = scan_labels(header, rows, args.task, [f"row{i}" for i in range(len(rows))], False)
+    t = make_task(args.task, values, subjects)
     print(f"{t.name}: {t.kind}, {len(t.y)} subjects, {len(t.scans)} rows used, {t.n_missing} missing"
           + (f"; classes {', '.join(t.classes)} (subjects per class: {np.bincount(t.y).tolist()})"
              if t.classes else f"; target mean {t.y.mean():.3g}, std {t.y.std():.3g}"))
     for n in t.notes:
         print(f"  note: {n}")
+    return t
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,7 @@ every seed's subject split (labels.split_subjects) and reports mean ± std over 
 
     python -m pytest -q tests/test_probe.py      # the probe's properties, on synthetic features
 """
+import copy
 import warnings
 
 import numpy as np
@@ -75,6 +76,16 @@ def row_space(x_tr, evals):
     return (U[:, keep] * np.sqrt(lam[keep])).astype(np.float32), evals   # X_tr Q = U Λ^½
 
 
+def _score(model, x, u, task, subj):
+    """A fitted model on one split's crops -> (metrics, (U_split, k) class probabilities or
+    prediction per subject, averaged over the subject's crops). x (M, F), u (M,) local subject index."""
+    classify = task.kind == "classification"
+    p = model.predict_proba(x) if classify else model.predict(x)[:, None]
+    p = _subject_mean(p, u)                                         # (U_split, k): crops -> subject
+    y = task.y[subj]
+    return (classification_metrics(y, p, len(task.classes)) if classify else regression_metrics(y, p[:, 0])), p
+
+
 def probe_split(feats, task, split, max_iter=1000):
     """Fit one linear probe on a split and score it.
 
@@ -94,6 +105,7 @@ def probe_split(feats, task, split, max_iter=1000):
         grid, key = C_GRID, "C"
     else:
         model, grid, key = Ridge(), ALPHA_GRID, "alpha"
+    (x_val, u_val), (x_test, u_test) = evals
     best, unconverged = None, 0
     for reg in grid:
         model.set_params(**{key: reg})
@@ -103,18 +115,13 @@ def probe_split(feats, task, split, max_iter=1000):
             warnings.simplefilter("always", ConvergenceWarning)
             model.fit(x_tr, y_tr)
         unconverged += any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        out = []
-        for (x, u), subj in zip(evals, (val, test)):
-            p = model.predict_proba(x) if classify else model.predict(x)[:, None]
-            p = _subject_mean(p, u)                                 # (U_split, k): crops -> subject
-            y = task.y[subj]
-            out.append((classification_metrics(y, p, len(task.classes)) if classify
-                        else regression_metrics(y, p[:, 0]), p))
-        (m_val, _), (m_test, p_test) = out
+        m_val, _ = _score(model, x_val, u_val, task, val)
         score = (m_val["balanced_accuracy"], np.nan_to_num(m_val["auroc"])) if classify else (m_val["r2"],)
         if best is None or score > best[0]:
-            best = (score, float(reg), m_val, m_test, p_test)
-    _, reg, m_val, m_test, p_test = best
+            # a copy: the next fit warm-starts from (and overwrites) `model`; test is scored once, below
+            best = (score, float(reg), m_val, copy.deepcopy(model))
+    _, reg, m_val, model = best
+    m_test, p_test = _score(model, x_test, u_test, task, test)
     res = {key: reg, "n_train": int(len(train)), "n_val": int(len(val)), "n_test": int(len(test)),
            "val": m_val, "test": m_test, "unconverged_fits": int(unconverged)}
     if classify:

@@ -94,15 +94,14 @@ def _options(args):
         ratios = ()
     if len(ratios) != 3 or min(ratios) <= 0:
         raise ValueError(f"--split must be three positive numbers train:val:test, e.g. 4:1:8 (got {args.split!r})")
-    if args.seeds:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise ValueError(f"--seeds must be comma-separated integers (got {args.seeds!r})") from None
+    if args.seeds is not None:
+        seeds = _seeds(args.seeds)
     else:
         if args.repeats < 1:
             raise ValueError("--repeats must be at least 1")
         seeds = list(range(args.repeats))
+    if args.max_iter < 1:
+        raise ValueError(f"--max-iter must be at least 1 (got {args.max_iter})")
     baselines = [b.strip().lower() for b in args.baselines.split(",") if b.strip()]
     baselines = [] if baselines == ["none"] else baselines
     bad = [b for b in baselines if b not in ("fc", "random")]
@@ -118,6 +117,24 @@ def _options(args):
         raise ValueError("--data and --labels go together (leave both out for the synthetic probe cohort; "
                          "an .h5 file in the authors' layout carries its own labels)")
     return ratios, seeds, baselines
+
+
+def _seeds(text):
+    """--seeds "0,3,7" -> [0, 3, 7]: non-negative (numpy seeds a split with them), each once (a seed
+    given twice would be the same split counted as two repeats)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = None
+    if not seeds:
+        raise ValueError(f"--seeds must be comma-separated integers, e.g. 0,1,2 (got {text!r})")
+    if min(seeds) < 0:
+        raise ValueError(f"--seeds must be non-negative (got {min(seeds)})")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"--seeds lists {', '.join(map(str, twice))} more than once; each seed is one split, "
+                         f"so a repeated seed would count the same split twice")
+    return seeds
 
 
 @dataclass
@@ -153,13 +170,37 @@ def prepare(args):
                  labels_path, precision, why)
 
 
-def load_task(setup, name, task_type="auto", bins=None):
-    """One label column (or .h5 label dataset) -> a splittable Task."""
-    values, subjects, notes = labels.task_labels(name, setup.labels_path, setup.scans, setup.has_ids)
-    task = labels.make_task(name, values, subjects, task_type, bins)
+def load_task(setup, name, task_type="auto", bins=None, table=None, continuous_only=False):
+    """One label column (or .h5 label dataset) -> a splittable Task. continuous_only (--task all):
+    --bins applies only to a column that would otherwise be a regression, and only the task that is
+    probed (binned or not) is checked for splittability. table: the labels file, read once."""
+    values, subjects, notes = labels.task_labels(name, setup.labels_path, setup.scans, setup.has_ids, table)
+    task = labels.make_task(name, values, subjects, task_type, None if continuous_only else bins)
+    if continuous_only and bins is not None and task.kind == "regression":
+        task = labels.make_task(name, values, subjects, bins=bins)
     task.notes[:0] = notes
     labels.check_splittable(task, setup.ratios)
     return task
+
+
+def load_all_tasks(args, setup):
+    """--task all: every label column -> ({name: splittable Task}, {name: why it is skipped}), the
+    labels file read once; every error here comes before any feature is extracted."""
+    table = labels.read_labels(setup.labels_path) if setup.labels_path is not None else None
+    names = labels.label_columns(setup.labels_path, setup.scans, table)
+    if not names:
+        raise ValueError(f"--task all: {setup.labels_path or setup.data_path} has no label columns")
+    print(f"Tasks: {', '.join(names)} ({len(setup.seeds)} repeats of {args.split} subject splits each)")
+    tasks, skipped = {}, {}
+    for name in names:
+        try:
+            tasks[name] = load_task(setup, name, bins=args.bins, table=table, continuous_only=True)
+        except ValueError as e:
+            skipped[name] = str(e)
+            print(f"  skipped '{name}': {e}")
+    if not tasks:
+        raise ValueError("--task all: no label column could be probed (reasons above)")
+    return tasks, skipped
 
 
 def cohort(setup):
@@ -192,7 +233,8 @@ def run(args):
     report.describe_task(task, args.split, setup.seeds)
     feats = features.method_features(args, setup)                             # features
     results = probe_methods(feats, task, setup, args.max_iter)                # fit
-    paired = report.print_results(task, results, cohort(setup), len(setup.seeds))   # report
+    paired = paired_differences(results, task.kind)
+    report.print_results(task, results, paired, cohort(setup), len(setup.seeds))   # report
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task.name)
     out = Path(args.out) if args.out else setup.ckpt.resolve().parent / f"probe_{safe}.json"
     rep = {
@@ -209,37 +251,24 @@ def run(args):
 def run_all(args, setup):
     """--task all: every label column, features extracted once, one task x method table,
     probe_all.json and probe_all.png. A column that cannot be probed is skipped with the reason."""
-    names = labels.label_columns(setup.labels_path, setup.scans)
-    if not names:
-        raise ValueError(f"--task all: {setup.labels_path or setup.data_path} has no label columns")
-    print(f"Tasks: {', '.join(names)} ({len(setup.seeds)} repeats of {args.split} subject splits each)")
+    tasks, skipped = load_all_tasks(args, setup)
     feats = features.method_features(args, setup)
-    tasks, skipped = {}, {}
-    for name in names:
-        try:
-            task = load_task(setup, name)
-            if args.bins is not None and task.kind == "regression":     # --bins: continuous columns only
-                task = load_task(setup, name, bins=args.bins)
-        except ValueError as e:
-            skipped[name] = str(e)
-            print(f"  skipped '{name}': {e}")
-            continue
+    probed = {}
+    for name, task in tasks.items():
         t0 = time.time()
         results = probe_methods(feats, task, setup, args.max_iter, verbose=False)
-        tasks[name] = {**report.task_summary(task), "metric": PRIMARY[task.kind], "methods": results,
-                       "teacher_minus_baseline": paired_differences(results, task.kind)}
+        probed[name] = {**report.task_summary(task), "metric": PRIMARY[task.kind], "methods": results,
+                        "teacher_minus_baseline": paired_differences(results, task.kind)}
         print(f"  {name}: {task.kind}, {len(task.y)} subjects, probed in {time.time() - t0:.1f} s")
-    if not tasks:
-        raise ValueError("--task all: no label column could be probed (reasons above)")
     print(f"\nEvery task on {cohort(setup)}: test subjects, mean ± std over {len(setup.seeds)} repeats; "
           f"teacher − baseline on the same splits (teacher better in k of n)")
-    print(report.format_all_table(tasks))
+    print(report.format_all_table(probed))
     out = Path(args.out) if args.out else setup.ckpt.resolve().parent / "probe_all.json"
     rep = {"task": ALL, "synthetic": setup.synthetic, "config": report.run_config(args, setup),
-           "std": "over repeats, ddof 0", "tasks": tasks, "skipped": skipped}
+           "std": "over repeats, ddof 0", "tasks": probed, "skipped": skipped}
     title = (f"every task ({'synthetic' if setup.synthetic else setup.data_path.name}), "
              f"{len(setup.seeds)} repeats, mean ± std")
-    report.save(rep, out, lambda png: report.plot_all(tasks, png, title))
+    report.save(rep, out, lambda png: report.plot_all(probed, png, title))
     return rep
 
 

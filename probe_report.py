@@ -13,7 +13,8 @@ import json
 
 import numpy as np
 
-from linear_probe import ALPHA_GRID, C_GRID, METRICS, PRIMARY, paired_differences
+from fileio import atomic_write
+from linear_probe import ALPHA_GRID, C_GRID, METRICS, PRIMARY
 
 METHOD_TITLES = {"teacher": "pretrained teacher", "random": "random-init encoder", "fc": "FC (Fisher-z)"}
 SHORT_TITLES = {"teacher": "teacher", "random": "random enc.", "fc": "FC"}
@@ -47,9 +48,11 @@ def format_metric(m, s, metric):
     return f"{m:.3f} ± {s:.3f}"
 
 
-def _fmt_paired(q, kind):
+def _fmt_paired(q, kind, wins=""):
+    """Teacher − baseline on the same splits: mean ± std (percentage points for classes) and the
+    splits the teacher wins, "(wins k/n)"."""
     scale, d = (100, 1) if kind == "classification" else (1, 3)
-    return f"{scale * q['mean']:+.{d}f} ± {scale * q['std']:.{d}f} ({q['teacher_better']}/{q['repeats']})"
+    return f"{scale * q['mean']:+.{d}f} ± {scale * q['std']:.{d}f} ({wins}{q['teacher_better']}/{q['repeats']})"
 
 
 def _align(rows, n_left):
@@ -77,7 +80,7 @@ def format_all_table(tasks):
     methods = list(next(iter(tasks.values()))["methods"])
     baselines = [m for m in methods if m != "teacher"]
     rows = [["task", "metric"] + [SHORT_TITLES[m] for m in methods]
-            + [f"teacher − {SHORT_TITLES[b]}" for b in baselines if "teacher" in methods]]
+            + [f"teacher − {SHORT_TITLES[b]}" for b in baselines]]
     for name, t in tasks.items():
         m = t["metric"]
         row = [name, METRIC_TITLES[m]]
@@ -88,18 +91,14 @@ def format_all_table(tasks):
     return _align(rows, 2)
 
 
-def print_results(task, results, cohort, n_repeats):
-    """The method x metric table and the paired differences of one task -> the paired differences."""
+def print_results(task, results, paired, cohort, n_repeats):
+    """The method x metric table and the paired differences (linear_probe.paired_differences) of one task."""
     print(f"\n{task.name} on {cohort}: test subjects, mean ± std over {n_repeats} repeats")
     print(format_table(results, task.kind))
-    paired = paired_differences(results, task.kind)
     m = PRIMARY[task.kind]
     for name, p in paired.items():
-        q, scale = p[m], 100 if task.kind == "classification" else 1
-        d = 1 if scale > 1 else 3
-        print(f"teacher − {METHOD_TITLES[name]}, {METRIC_TITLES[m]} on the same splits: {scale * q['mean']:+.{d}f} "
-              f"± {scale * q['std']:.{d}f} (teacher better in {q['teacher_better']}/{q['repeats']})")
-    return paired
+        print(f"teacher − {METHOD_TITLES[name]}, {METRIC_TITLES[m]} on the same splits: "
+              f"{_fmt_paired(p[m], task.kind, 'teacher better in ')}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,8 +122,8 @@ def task_summary(task):
 
 def save(report, out, plot):
     """Write the report as strict JSON to `out` and call plot(png path) for the PNG beside it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_finite(report), indent=1))
+    with atomic_write(out, "w") as f:                               # makes the folder too
+        f.write(json.dumps(_finite(report), indent=1))
     png = out.with_suffix(".png")
     plot(png)
     print(f"\nwrote {out} and {png}")

@@ -80,6 +80,14 @@ def test_converter_writes_our_format(ref, tmp_path):
     check_features(encoder32, ref, "teacher", tol=1e-5)
 
 
+def test_converter_reads_the_checkpoint_once(ref, tmp_path, monkeypatch):
+    reads, real = [], checkpoint._read
+    monkeypatch.setattr(checkpoint, "_read", lambda *a: reads.append(a[0]) or real(*a))
+    encoder, meta = checkpoint.convert(FIXTURES / "checkpoint_epoch_1.pth", tmp_path / "teacher.pt")
+    assert len(reads) == 1 and meta["network_names"][0] == "Vis"
+    check_features(encoder, ref, "teacher")                 # float64, as the source
+
+
 def test_two_training_steps_equal_theirs(theirs, ref):
     cfg_e, m, states = checkpoint.import_authors(theirs)
     steps = ref["steps"]
@@ -206,3 +214,26 @@ def test_init_from_with_another_architecture(scans_457, tmp_path, capsys):
     assert code == 2
     assert "does not match this run's architecture" in err and "dim 32 in the checkpoint, 192 in this run" in err
     assert "depth 2 in the checkpoint, 4 in this run" in err and "proj_hidden 256 in the checkpoint, 1024" in err
+
+
+TOKENIZER_0 = "teacher_encoder.network_tokenizers.schaefer400.0.branches.1.slconv."
+TRANSFORMER = "teacher_encoder.inter_network_transformer."
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda sd: [sd.pop(k) for k in list(sd) if ".network_tokenizers." in k],
+     "has no teacher_encoder.network_tokenizers.* tensors"),
+    (lambda sd: sd.update({TRANSFORMER + "transformer_blocks.0.mlp.0.weight": torch.zeros(100, 32)}),
+     r"unexpected layout \(MLP width 100 for D 32, 2 blocks, 3 SG scales\)"),
+    (lambda sd: sd.update({TOKENIZER_0 + "kernel_norm_initialized": torch.tensor(False)}),
+     "kernel_norm was never measured .*not a trained model"),
+    (lambda sd: sd.update({TOKENIZER_0 + "multiplier": torch.full((1, 61, 1), 3.0)}),
+     "multiplier is not 2.0 everywhere; only the paper's SG decay"),
+    (lambda sd: sd.update({TRANSFORMER + "temporal_pos_embedding": sd[TRANSFORMER + "temporal_pos_embedding"] + 0.01}),
+     "temporal_pos_embedding is not the fixed sin-cos embedding"),
+])
+def test_authors_layout_errors(theirs, mutate, message):
+    sd = dict(theirs["model_state_dict"])
+    mutate(sd)
+    with pytest.raises(ValueError, match=rf"x.pth: .*{message}"):
+        checkpoint.import_authors(sd, path="x.pth")

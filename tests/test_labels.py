@@ -73,6 +73,54 @@ def test_label_errors(tmp_path):
         _task([f"site{i}" for i in range(20)])
 
 
+def test_subject_column_is_no_task(tmp_path):
+    header, rows = ["participant_id", "age"], [["1", "30"], ["2", "40"]]
+    with pytest.raises(ValueError, match="'participant_id' is the subject column: .* not a label to probe; "
+                                         "available: age"):
+        labels.scan_labels(header, rows, "participant_id", ["1", "2"], True)
+
+
+def test_command_line(tmp_path, capsys):
+    f = tmp_path / "labels.csv"
+    f.write_text("subject,dx\n" + "a,1\nb,0\nb,0\nc,NA\n")
+    labels.main([str(f), "dx"])
+    out = capsys.readouterr().out
+    assert "dx: classification, 2 subjects, 3 rows used, 1 missing; classes 0, 1" in out and "3 scans from 2" in out
+    with pytest.raises(SystemExit) as e:
+        labels.main([str(f), "subject"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("labels.py: error: 'subject' is the subject column")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("subject,dx\n", "needs a header row and at least one data row"),
+    ("subject,dx,age\na,1,30\nb,0\n", "row 3 has 2 fields, the header has 3"),
+])
+def test_labels_file_errors(tmp_path, text, message):
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        labels.read_labels(tmp_path / "labels.csv")
+
+
+def test_subject_with_two_values(tmp_path):
+    header, rows = ["subject", "dx"], [["sub-a", "1"], ["a", "0"], ["b", "1"]]
+    with pytest.raises(ValueError, match=r"subject a appears twice in the labels with different 'dx' values "
+                                         r"\(1, 0\); give one row per subject"):
+        labels.scan_labels(header, rows, "dx", ["a", "b"], True)
+
+
+@pytest.mark.parametrize("values, kw, message", [
+    ([None, None], {}, "task 't': every scan's label is missing"),
+    ([1.5, 2.5, 3.5], {"bins": 2, "task_type": "regression"}, "--bins turns the target into classes; it cannot"),
+    (["M", "F"], {"bins": 2}, "--bins needs a numeric target, but task 't' has non-numeric values"),
+    (["M", "F"], {"task_type": "regression"}, "task 't' has non-numeric values; a regression target must be numbers"),
+    ([5.0] * 10, {"bins": 3}, "task 't' cannot be binned into 3 quantile classes: too few distinct values"),
+])
+def test_make_task_errors(values, kw, message):
+    with pytest.raises(ValueError, match=message):
+        _task(values, **kw)
+
+
 # ---------------------------------------------------------------- splits
 
 def test_split_deterministic_stratified_disjoint():

@@ -120,7 +120,11 @@ def test_cli_three_classes_then_regression_reuses_cache(ckpt, tmp_path, monkeypa
         assert np.sum(m["confusion"]) == sum(r["n_test"] for r in m["repeats"])
     assert out.with_suffix(".png").stat().st_size > 0
     assert len(list((tmp_path / "c").glob("*.npy"))) == 2                 # teacher + random encoder
-    assert "balanced acc" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "balanced acc" in printed
+    wins = rep["teacher_minus_baseline"]["fc"]["balanced_accuracy"]["teacher_better"]
+    fc_line = next(line for line in printed.splitlines() if line.startswith("teacher − FC (Fisher-z)"))
+    assert fc_line.endswith(f"(teacher better in {wins}/2)")
     paired = rep["teacher_minus_baseline"]["fc"]["balanced_accuracy"]
     diffs = [a["test"]["balanced_accuracy"] - b["test"]["balanced_accuracy"]
              for a, b in zip(rep["methods"]["teacher"]["repeats"], rep["methods"]["fc"]["repeats"])]
@@ -259,3 +263,42 @@ def test_cli_task_all_bins_skips_and_errors(ckpt, tmp_path, capsys):
     err = _error(["--ckpt", str(ckpt), "--data", str(scans), "--labels", str(labels), "--task", "all",
                   "--task-type", "regression"], capsys)
     assert "--task-type applies to a single task" in err
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["--seeds", ","], "--seeds must be comma-separated integers"),
+    (["--seeds", "1,x"], "--seeds must be comma-separated integers"),
+    (["--seeds", "-1"], "--seeds must be non-negative (got -1)"),
+    (["--seeds", "1,2,1"], "--seeds lists 1 more than once"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--max-iter", "0"], "--max-iter must be at least 1 (got 0)"),
+    (["--bins", "1"], "--bins must be at least 2"),
+])
+def test_cli_option_errors_come_before_any_file(opts, message, tmp_path, capsys):
+    # the checkpoint does not exist: the option's own message shows it was checked first
+    assert message in _error(["--ckpt", str(tmp_path / "no.pt"), "--task", "dx"] + opts, capsys)
+
+
+def test_cli_task_all_decides_every_task_before_extraction(ckpt, tmp_path, monkeypatch, capsys):
+    scans, labels = _cohort(tmp_path, n_subj=13)
+    base = ["--ckpt", str(ckpt), "--data", str(scans), "--task", "all", "--no-cache"]
+    # 13 subjects: age as a regression would leave 1 val subject (4:1:8), too few for R²; binned in
+    # 2 quantile classes of 6 and 7 subjects it splits, so --bins makes it probeable
+    rep = probe.main(base + ["--labels", str(labels), "--bins", "2", "--repeats", "1", "--baselines", "none",
+                             "--max-iter", "100", "--out", str(tmp_path / "all.json")])
+    assert list(rep["tasks"]) == ["dx", "age"] and not rep["skipped"]
+    assert rep["tasks"]["age"]["kind"] == "classification" and len(rep["tasks"]["age"]["classes"]) == 2
+
+    def no_extraction(*a, **k):
+        raise AssertionError("a task error must show before any feature is extracted")
+    monkeypatch.setattr(features, "method_features", no_extraction)
+    with pytest.raises(AssertionError, match="before any feature"):       # without --bins age is skipped,
+        probe.main(base + ["--labels", str(labels)])                       # and says so before extraction
+    assert "skipped 'age': task 'age' has 13 labelled subjects" in capsys.readouterr().out
+    subjects_only = tmp_path / "subjects.csv"
+    subjects_only.write_text("subject\n" + "".join(f"sub-{i:03d}\n" for i in range(13)))
+    assert "has no label columns" in _error(base + ["--labels", str(subjects_only)], capsys)
+    one_class = tmp_path / "one_class.csv"
+    one_class.write_text("subject,site\n" + "".join(f"sub-{i:03d},A\n" for i in range(13)))
+    err = _error(base + ["--labels", str(one_class)], capsys)
+    assert "no label column could be probed" in err
