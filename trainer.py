@@ -4,9 +4,9 @@ checkpoints between steps (SPEC §6-8). train.py is the driver that sets it up a
 - `Trainer` holds the student, the EMA teacher (objective.py), AdamW and the batch source;
   `Trainer.step(i)` draws step i's batch and slice mask, evaluates the schedules (schedules.py) and
   makes one update: losses, backward, grad-norm clip, AdamW, EMA.
-- `LogWindow` sums each step's losses and monitors on the device (no host sync per step), notes the
-  first step at which a term went non-finite, and at a log step averages over the window and the
-  processes.
+- `LogWindow` sums each step's losses and monitors on the device (nothing read back or copied in
+  per step: tests/test_runtime.py traces it), notes the first step at which a term went non-finite,
+  and at a log step averages over the window and the processes.
 - `RunFiles` is what rank 0 writes into --out: config.json, log.jsonl, teacher.pt and state.pt.
 - `train_loop` runs the steps, with a log line every --log-every and a checkpoint every --ckpt-every.
 
@@ -136,14 +136,17 @@ class NonFiniteLoss(RuntimeError):
 class LogWindow:
     """The losses and monitors of the steps since the last log line, summed on the device.
 
-    `add` costs no host sync; `record` (at a log step, on every process) syncs once, averages over
-    the window's steps and the processes, and returns the log.jsonl record. `check_finite` raises
-    NonFiniteLoss, on every process together, once any watched term of any step went non-finite."""
+    `add` costs no host sync and no host-to-device copy; `record` (at a log step, on every process)
+    reads the window back (two syncs: check_finite's and the sums'), averages over the window's
+    steps and the processes, and returns the log.jsonl record. `check_finite` raises NonFiniteLoss,
+    on every process together, once any watched term of any step went non-finite."""
 
     def __init__(self, device, world, total, out):
         self.world, self.total, self.out = world, total, out
         self.sums = torch.zeros(len(LOGGED) + 1, device=device)   # (+ the number of masked batches)
-        self.first_bad = torch.full((len(WATCHED),), -1, dtype=torch.long, device=device)  # step, per term
+        # the first non-finite step of every LOGGED term (-1: none yet); check_finite picks the WATCHED
+        # ones on the host, as indexing here with a Python list would copy the indices to the GPU every step
+        self.first_bad = torch.full((len(LOGGED),), -1, dtype=torch.long, device=device)
         self.watched = [LOGGED.index(k) for k in WATCHED]
         self.n, self.started, self.seconds = 0, time.time(), 0.0   # steps and wall time: window, whole run
 
@@ -152,7 +155,7 @@ class LogWindow:
         vals = torch.stack([r[k].detach().float() for k in LOGGED])
         self.sums[:-1] += vals
         self.sums[-1] += float(r["masked"])
-        bad = ~torch.isfinite(vals[self.watched])
+        bad = ~torch.isfinite(vals)                                 # (len(LOGGED),)
         self.first_bad.copy_(torch.where((self.first_bad < 0) & bad, step, self.first_bad))
         self.n += 1
 
@@ -162,7 +165,8 @@ class LogWindow:
             fb = torch.where(fb < 0, self.total, fb)
             dist.all_reduce(fb, op=dist.ReduceOp.MIN)
             fb = torch.where(fb == self.total, -1, fb)
-        fb = fb.tolist()
+        fb = fb.tolist()                                            # the one sync
+        fb = [fb[j] for j in self.watched]                          # in WATCHED's order
         if max(fb) >= 0:
             i = min((s, i) for i, s in enumerate(fb) if s >= 0)[1]
             raise NonFiniteLoss(f"non-finite {WATCHED[i]} at step {fb[i] + 1}: stopping. The last good "

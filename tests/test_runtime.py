@@ -18,6 +18,7 @@ import objective
 import features
 import runtime
 import train
+import trainer
 from bench.probe import random_encoder
 from bench.report import precisions, random_scans
 from bench.train_step import make_trainer
@@ -186,6 +187,42 @@ def test_step_traced_on_the_meta_device():
     r["loss"].backward()
     assert all(p.grad is not None and p.grad.device.type == "meta" for p in student.parameters())
     objective.ema_update(list(teacher.parameters()), list(student.parameters()), 0.99)
+
+
+class HostTraffic(TorchDispatchMode):
+    """Records the aten ops that would cost a CUDA run a host round trip: a tensor built from Python
+    data on the host (lift_fresh, then copied to the GPU), a device tensor read back as a number
+    (_local_scalar_dense: .item(), .tolist(), if tensor:), a data-dependent shape (nonzero) or an
+    explicit move between devices (_to_copy with device=)."""
+
+    FLAGGED = ("lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "nonzero")
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name, kwargs = func.overloadpacket.__name__, kwargs or {}
+        moves = name == "_to_copy" and "device" in kwargs and kwargs["device"] != args[0].device
+        if name in self.FLAGGED or moves:
+            self.seen.append(name)
+        return func(*args, **kwargs)
+
+
+def test_a_training_step_and_its_log_window_take_nothing_from_the_host():
+    """Trainer.step (batch, mask, forward, backward, AdamW, EMA) plus LogWindow.add, masked and
+    unmasked, traced on the CPU: nothing built on the host, nothing read back. On CUDA each of these
+    would be a host-device copy or a sync every step (the log step's LogWindow.record is the one sync)."""
+    tr = _trainer("fp32")
+    window = trainer.LogWindow(tr.device, tr.world, tr.total, "unused")
+    kinds = set()
+    for i in range(4):
+        with HostTraffic() as ops:
+            r = tr.step(i)
+            window.add(i, r)
+        assert ops.seen == [], (i, ops.seen)
+        kinds.add(r["masked"])
+    assert kinds == {True, False}
 
 
 @pytest.mark.skipif(not kernels._HAVE_TRITON or not kernels.interpreter_on(), reason="needs the Triton interpreter")

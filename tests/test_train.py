@@ -269,6 +269,19 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(small, tmp_path, monkeyp
     assert checkpoint.load_state(out / "state.pt")["step"] == 4
 
 
+def test_log_window_reports_the_first_watched_term_to_go_non_finite():
+    """Only the WATCHED terms stop a run; the earliest step wins, a component before the total at a tie."""
+    w = trainer.LogWindow(torch.device("cpu"), world=1, total=10, out="runs/x")
+    ok = {k: torch.tensor(1.0) for k in trainer.LOGGED}
+    w.add(0, {**ok, "cos_t": torch.tensor(float("nan")), "masked": False})   # a monitor: logged, not watched
+    w.check_finite()
+    w.add(1, {**ok, "loss": torch.tensor(float("inf")), "ttr": torch.tensor(float("nan")), "masked": True})
+    w.add(2, {**ok, "cls": torch.tensor(float("nan")), "masked": False})
+    with pytest.raises(trainer.NonFiniteLoss, match="non-finite ttr at step 2: stopping. The last good checkpoint "
+                                                    "in runs/x is intact"):
+        w.check_finite()
+
+
 def _npy(tmp_path, arr, name="bad.npy"):
     p = tmp_path / name
     np.save(p, np.asarray(arr, dtype=np.float32))
