@@ -66,6 +66,11 @@ class Trainer:
         self.t_params, self.s_params = list(self.teacher.parameters()), list(self.student.parameters())
         self.mask_gen = torch.Generator(device=device)  # slice masks drawn on the device: no host-device copy
 
+    def masked_at(self, step):
+        """Is step `step`'s batch slice-masked? A draw from (seed, stream 1, step), with probability
+        --mask-prob: the same on every process and after a resume."""
+        return bool(seeding.rng(self.cfg.seed, 1, step).random() < self.cfg.mask_prob)
+
     def step(self, step):
         """One optimizer step + EMA update at step `step`: draws the batch and the mask, evaluates the
         schedules, then `update`. Returns update's dict plus the python values masked, lr, wd, ema, ttr_w."""
@@ -76,7 +81,7 @@ class Trainer:
                      ttr_w=ttr_weight_at(step, self.ttr_steps, cfg.ttr_weight))
         x1, x2 = self.batches.next_batch(b)                           # (b, C, T') each
         N, P = self.student.encoder.n_networks, self.student.encoder.n_patches
-        masked = seeding.rng(cfg.seed, 1, step).random() < cfg.mask_prob  # same on all processes
+        masked = self.masked_at(step)
         if masked:
             self.mask_gen.manual_seed(seeding.torch_seed(cfg.seed, 2, step, self.rank))
             mask = slice_mask(2 * b, N, P, generator=self.mask_gen, device=self.device)  # (2b, N, P)

@@ -221,6 +221,7 @@ def test_a_training_step_and_its_log_window_take_nothing_from_the_host():
             r = tr.step(i)
             window.add(i, r)
         assert ops.seen == [], (i, ops.seen)
+        assert r["masked"] is tr.masked_at(i)
         kinds.add(r["masked"])
     assert kinds == {True, False}
 
