@@ -235,6 +235,11 @@ class RunFiles:
             with open(self.jsonl, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
+    def say(self, *a):
+        """Print on rank 0 (every process runs the same code; one of them speaks)."""
+        if self.rank == 0:
+            print(*a, flush=True)
+
     def warn(self, message):
         """Print `message` (if any) on rank 0 -> whether there was one."""
         if message and self.rank == 0:

@@ -301,6 +301,16 @@ def _series(S=4, C=40, T=120, seed=0):
     ("short", "fewer than one patch"),
     ("networks_spec", "expected auto:K with an integer K"),
     ("resume_nothing", "no .*state.pt to resume from"),
+    # options out of range: each once crashed (ZeroDivisionError), misled or was silently taken
+    ("--epochs 0", r"--epochs must be at least 1 \(got 0\)"),
+    ("--epochs 0 --steps 3", r"--epochs must be at least 1 \(got 0\)"),
+    ("--steps 0", r"--steps must be at least 1 \(got 0\)"),
+    ("--log-every 0", r"--log-every must be at least 1 \(got 0\)"),
+    ("--ckpt-every 0", r"--ckpt-every must be at least 1 \(got 0\)"),
+    ("--batch-size 0", r"--batch-size must be at least 1 \(got 0\)"),
+    ("--eval-scans -1", r"--eval-scans must be at least 0 \(got -1\)"),
+    ("--mask-prob 2", r"--mask-prob must be between 0 and 1 \(got 2.0\)"),
+    ("--mask-prob -0.1", r"--mask-prob must be between 0 and 1 \(got -0.1\)"),
 ])
 def test_bad_inputs_give_clear_cli_errors(case, match, small, tmp_path, capsys):
     x = _series()
@@ -319,15 +329,40 @@ def test_bad_inputs_give_clear_cli_errors(case, match, small, tmp_path, capsys):
         src = _npy(tmp_path, x)
     elif case == "networks_spec":
         src, net = _npy(tmp_path, _series(S=12)), ["--networks", "auto:many"]
-    else:
+    else:   # few_scans, resume_nothing, the options
         src = _npy(tmp_path, x if case == "few_scans" else _series(S=12))
-    extra = ["--resume"] if case == "resume_nothing" else []
+    extra = ["--resume"] if case == "resume_nothing" else case.split() if case.startswith("--") else []
     code, stdout, err = run_main(["--data", src, *net, "--preset", "demo", *TINY, "--steps", "2",
                                   "--out", tmp_path / "o", *extra], capsys)
     assert code == 2
     assert err.startswith("error: ") and "Traceback" not in err
     import re
     assert re.search(match, err), err
+
+
+def test_global_batch_must_split_over_the_processes(small):
+    cfg = train.resolve_config({"preset": "demo", "batch_size": 8})
+    scans = data.load_scans(small / "pretrain.npy")
+    with pytest.raises(ValueError, match="--batch-size 8 is not divisible by the 3 processes"):
+        train.training_batches(cfg, scans, train.encoder_config(cfg), torch.device("cpu"), rank=0, world=3)
+
+
+def test_resume_refuses_other_options_and_another_versions_state(small, tmp_path, capsys):
+    """--resume continues the saved run: a changed option is named; a state.pt whose config holds options
+    this version does not know (written by another version) is a clear error, not a TypeError."""
+    out = tmp_path / "run"
+    code, _, err = run_main(small_args(small, out, "--steps", "1"), capsys)
+    assert code == 0, err
+    code, _, err = run_main(small_args(small, out, "--steps", "1", "--lr", "0.1", "--resume"), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"--resume continues the run saved in {out}, but these options differ from it: --lr 0.1 (saved: 0.0007)" in err
+    raw = torch.load(out / "state.pt", weights_only=True)
+    raw["config"]["future_option"] = 1
+    torch.save(raw, out / "state.pt")
+    code, _, err = run_main(small_args(small, out, "--resume"), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert (f"--resume: {out / 'state.pt'} was written by another version of train.py; its options future_option "
+            f"are unknown to this one") in err
 
 
 @pytest.mark.skipif(not kernels._HAVE_TRITON, reason="triton is not installed")
