@@ -193,8 +193,8 @@ def _run_options(g):
         {TrainConfig.log_every}; demo preset 10)""")
     g.add_argument("--ckpt-every", type=int, help=f"""Write teacher.pt and state.pt every k steps (and at the end);
         a stopped run resumes from the last one. (default: {TrainConfig.ckpt_every})""")
-    g.add_argument("--device", type=str, help=f"""auto (cuda:LOCAL_RANK if there is a GPU, else cpu), cpu, cuda,
-        cuda:1 ... (default: {TrainConfig.device})""")
+    g.add_argument("--device", type=str, help=f"""auto (cuda:LOCAL_RANK if there is a GPU, else cpu), cpu,
+        cuda (= cuda:LOCAL_RANK: torchrun's processes one GPU each), cuda:1 ... (default: {TrainConfig.device})""")
     g.add_argument("--no-kernels", action="store_true", help="""Use the plain-PyTorch paths instead of the Triton
         kernels (to compare, or where a kernel misbehaves).""")
     g.add_argument("--precision", type=str, choices=list(runtime.PRECISIONS), help=f"""auto: bf16 autocast on CUDA and

@@ -104,6 +104,28 @@ def test_cuda_device_without_a_gpu_is_a_clear_error():
         runtime.resolve_device("cuda")
 
 
+@pytest.mark.parametrize("name, local_rank, expected", [
+    ("auto", 0, "cuda:0"), ("auto", 3, "cuda:3"), ("cuda", 2, "cuda:2"), ("cuda:1", 3, "cuda:1"), ("cpu", 2, "cpu")])
+def test_each_process_takes_its_own_gpu(name, local_rank, expected, monkeypatch):
+    """Under torchrun a bare "cuda" is the process's GPU (LOCAL_RANK), as "auto" is; cuda:N stays N.
+    torch.device does not touch the driver, so a CPU machine that reports 4 GPUs checks the rule."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert runtime.resolve_device(name, local_rank) == torch.device(expected)
+
+
+@pytest.mark.parametrize("name, local_rank, match", [
+    ("cuda:4", 0, r"--device cuda:4: cuda:4 does not exist; this machine has 4 CUDA device\(s\), cuda:0 to cuda:3"),
+    ("cuda", 5, r"--device cuda: cuda:5 \(the GPU of LOCAL_RANK 5\) does not exist; this machine has 4"),
+    ("auto", 4, r"--device auto: cuda:4 \(the GPU of LOCAL_RANK 4\) does not exist"),
+])
+def test_a_gpu_the_machine_lacks_is_a_clear_error(name, local_rank, match, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(ValueError, match=match):
+        runtime.resolve_device(name, local_rank)
+
+
 def test_train_cli_rejects_unknown_precision(capsys):
     with pytest.raises(SystemExit) as e:
         train.build_parser().parse_args(["--precision", "fp16"])
