@@ -96,17 +96,20 @@ def _gather(z):
         return torch.cat(torch.distributed.nn.functional.all_gather(z))
 
 
-def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, amp=False):
+def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, amp=False, masked=None):
     """The training objective for one batch (SPEC §7).
 
     x1, x2: (B, C, T') the two views; mask: (2B, N, P) bool for the concatenated views, or None.
+    masked: is this a masked batch (L_Tok on the masked tokens)? Default: a mask is given. Under DDP an
+    unmasked batch passes an all-False mask with masked=False: the student still takes the mask (so
+    the mask embedding stays in DDP's graph), but no token is projected and L_Tok is 0.
     Returns a dict of scalar tensors: loss (to backpropagate), cls, ttr, tok, comp, expa (of L_CLS),
     and collapse monitors std_s, std_t (std of normalised CLS projections), cos_t (mean pairwise
     cosine of teacher CLS). With several processes the MCR terms use the global batch.
     """
     B = x1.shape[0]
     x = torch.cat([x1, x2])                                    # (2B, C, T'): both views in one call
-    masked = mask is not None
+    masked = mask is not None if masked is None else masked
     with runtime.autocast(x.device, "bf16" if amp else "fp32"):  # fp32: no autocast at all (any device, meta too)
         with torch.no_grad():
             t = teacher(x, None, with_tokens=masked)           # the teacher never sees a mask

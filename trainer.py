@@ -89,20 +89,21 @@ class Trainer:
             mask = torch.zeros(2 * b, N, P, dtype=torch.bool, device=self.device)
         else:
             mask = None
-        r = self.update(x1, x2, mask, **sched)
+        r = self.update(x1, x2, mask, masked=masked, **sched)
         r.update(masked=masked, **sched)
         return r
 
-    def update(self, x1, x2, mask, lr, wd, ema, ttr_w):
+    def update(self, x1, x2, mask, lr, wd, ema, ttr_w, masked=None):
         """The optimizer step on given views (b, C, T'), mask (2b, N, P) or None and schedule values:
-        losses, backward, grad-norm clip, AdamW with (lr, wd), EMA with momentum `ema`. Returns the
-        compute_losses dict (device tensors, no sync) plus grad_norm."""
+        losses, backward, grad-norm clip, AdamW with (lr, wd), EMA with momentum `ema`. `masked`: as in
+        compute_losses (default: a mask is given). Returns the compute_losses dict (device tensors, no
+        sync) plus grad_norm."""
         for g in self.opt.param_groups:
             g["lr"] = lr
             if g["apply_wd"]:
                 g["weight_decay"] = wd
         r = compute_losses(self.fwd_student, self.fwd_teacher, x1, x2, mask, ttr_w, self.cfg.tok_weight,
-                           self.cfg.eps, self.amp)
+                           self.cfg.eps, self.amp, masked)
         self.opt.zero_grad(set_to_none=True)
         r["loss"].backward()
         r["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.s_params, self.cfg.clip_grad, foreach=True)

@@ -247,6 +247,26 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
         assert ((got["grads"][n] - g).norm() / g.norm()).item() < 1e-3, n
 
 
+def test_an_unmasked_batch_under_ddp_projects_no_token():
+    """Under DDP an unmasked step passes an all-False mask with masked=False (trainer.py): the mask
+    embedding stays in the graph (DDP needs every parameter used), yet no token is projected and the
+    losses are exactly those of no mask at all."""
+    x1, x2, _ = _fixed_inputs(4)
+    results = []
+    for mask, masked in ((None, None), (torch.zeros(8, 4, 5, dtype=torch.bool), False)):
+        student, teacher = _tiny_models()
+        rows = []
+        student.head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+        r = objective.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3, masked=masked)
+        r["loss"].backward()
+        assert rows == [8 * (1 + 4)]                      # CLS + 4 network summaries of 2B = 8 crops
+        results.append((r, student.encoder.mask_token.grad))
+    (plain, no_grad), (ddp_like, grad) = results
+    assert no_grad is None and grad is not None and not grad.any()
+    for k in plain:
+        assert torch.equal(plain[k], ddp_like[k]), k
+
+
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(small, tmp_path, monkeypatch, capsys):
     real, calls = objective.compute_losses, []
 
