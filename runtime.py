@@ -7,7 +7,7 @@ probing and the benchmarks make the same choices:
   for "cuda" too), else the CPU.
 - `setup_distributed(device)`: this process's rank, the world size (torchrun's environment) and its
   device; joins the process group when there are several.
-- `cpu_bf16_feature()` / `cpu_has_native_bf16()`: does this CPU multiply bfloat16 natively
+- `cpu_bf16_feature()`: does this CPU multiply bfloat16 natively
   (AVX512_BF16 or AMX-BF16)? Read from /proc/cpuinfo on Linux, from CPUID through torch's cpuinfo
   elsewhere; never guessed from the vendor or model name.
 - `resolve_precision(choice, device) -> (precision, reason)` for `--precision {auto,fp32,bf16}`:
@@ -104,11 +104,6 @@ def cpu_bf16_feature(cpuinfo="/proc/cpuinfo"):
     except RuntimeError:  # cpuinfo could not initialise: say no rather than guess
         return None
     return None
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has AVX512_BF16 or AMX-BF16 (see cpu_bf16_feature)."""
-    return cpu_bf16_feature() is not None
 
 
 def resolve_precision(choice, device):

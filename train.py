@@ -328,7 +328,7 @@ def describe_run(cfg, enc_cfg, tr, scans, spe):
     print(f"data: {len(scans)} scans, {scans.n_subjects} subjects, {scans.n_rois} ROIs, "
           f"{tr.student.encoder.n_networks} networks; {spe} steps/epoch, {tr.total} steps, warm-up {tr.warmup}, "
           f"peak lr {tr.peak_lr:.2e}, {tr.world} process(es) x batch {tr.local_b}, device {tr.device}, "
-          f"{'bf16 autocast' if tr.amp else 'fp32'} ({tr.precision_reason}), "
+          f"{'bf16 autocast' if tr.precision == 'bf16' else 'fp32'} ({tr.precision_reason}), "
           f"compile {'on' if tr.compiled else 'off'} ({tr.compile_reason})", flush=True)
     decayed = "every parameter" if cfg.weight_decay_params == "all" else "all but biases, norms, embeddings"
     print(f"parameters: student {sum(p.numel() for p in tr.s_params) / 1e6:.1f}M "

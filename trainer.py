@@ -55,7 +55,6 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[device.index] if device.type == "cuda" else None)
         self.precision, self.precision_reason = runtime.resolve_precision(cfg.precision, device)
-        self.amp = self.precision == "bf16"          # compute_losses autocasts to bf16 on x's device type
         self.compiled, self.compile_reason = runtime.resolve_compile(cfg.compile, device)
         # the forwards are compiled, the modules are not: state_dict keys and the EMA stay as they are.
         # The Triton kernels run inside as graph breaks (kernels/__init__.py says why)
@@ -103,7 +102,7 @@ class Trainer:
             if g["apply_wd"]:
                 g["weight_decay"] = wd
         r = compute_losses(self.fwd_student, self.fwd_teacher, x1, x2, mask, ttr_w, self.cfg.tok_weight,
-                           self.cfg.eps, self.amp, masked)
+                           self.cfg.eps, self.precision, masked)
         self.opt.zero_grad(set_to_none=True)
         r["loss"].backward()
         r["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.s_params, self.cfg.clip_grad, foreach=True)

@@ -171,7 +171,7 @@ def test_bf16_training_step_on_cpu_runs_matmuls_in_bf16_and_statistics_in_fp32()
     losses, parameters, gradients and the optimizer state stay fp32; losses are finite and close to
     the fp32 step's on the same batch."""
     tr32, tr16 = _trainer("fp32"), _trainer("bf16")
-    assert (tr16.precision, tr16.amp) == ("bf16", True)
+    assert tr16.precision == "bf16"
     r32 = tr32.step(0)
     with OpDtypes() as ops:
         r16 = tr16.step(0)
