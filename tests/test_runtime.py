@@ -22,9 +22,8 @@ import trainer
 from bench.probe import random_encoder
 from bench.report import precisions, random_scans
 from bench.train_step import make_trainer
+from conftest import SMALL_MAP, TINY, TINY_RUN
 
-SMALL_MAP = np.repeat(np.arange(4), 10)    # 40 ROIs, 4 networks
-TINY = dict(dim=32, depth=1, heads=2, proj_hidden=64)
 CPU = torch.device("cpu")
 
 
@@ -279,8 +278,7 @@ def test_run_prints_and_stores_the_resolved_precision(tmp_path, monkeypatch, cap
     monkeypatch.setattr(runtime, "cpu_bf16_feature", lambda *a: "AVX512_BF16")
     out = tmp_path / "run"
     train.main(["--data", str(tmp_path / "scans.npy"), "--networks", str(tmp_path / "map.txt"), "--preset", "demo",
-                "--dim", "32", "--depth", "1", "--heads", "2", "--proj-hidden", "64", "--batch-size", "8",
-                "--no-kernels", "--steps", "1", "--eval-scans", "0", "--out", str(out)])
+                *TINY_RUN, "--steps", "1", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert "bf16 autocast (CPU has AVX512_BF16), compile off (auto: off on the CPU)" in stdout
     want = {"device": "cpu", "precision": "bf16", "precision_reason": "CPU has AVX512_BF16",

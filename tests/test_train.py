@@ -22,14 +22,11 @@ import objective
 import synthetic
 import train
 import trainer
-from conftest import script_env, use_test_settings
+from conftest import SMALL_MAP, TINY, TINY_RUN, script_env, use_test_settings
 from scans import probe_crops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dim", "32", "--depth", "1", "--heads", "2", "--proj-hidden", "64", "--batch-size", "8",
-        "--no-kernels", "--log-every", "1", "--eval-scans", "0",
-        "--precision", "fp32"]   # the same numbers on every CPU (auto is bf16 where the CPU has it natively)
-SMALL_MAP = np.repeat(np.arange(4), 10)   # 40 ROIs, 4 networks: keeps the tests fast
+TINY_FP32 = [*TINY_RUN, "--precision", "fp32"]   # the same numbers on every CPU (auto: bf16 where the CPU has it)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def small(tmp_path_factory):
 
 def small_args(small, out, *extra):
     return ["--data", str(small / "pretrain.npy"), "--networks", str(small / "network_map.txt"),
-            "--preset", "demo", *TINY, "--out", str(out), *extra]
+            "--preset", "demo", *TINY_FP32, "--out", str(out), *extra]
 
 
 def read_log(out):
@@ -112,7 +109,7 @@ def test_every_option_has_a_flag_and_every_flag_an_option():
 def test_synthetic_run_writes_loadable_teacher(cohort, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(synthetic, "ensure_synthetic_cohort", lambda: cohort)   # no --data: built-in cohort
     out = tmp_path / "run"
-    code, stdout, err = run_main(["--preset", "demo", *TINY, "--steps", "3", "--out", out, "--eval-scans", "16"],
+    code, stdout, err = run_main(["--preset", "demo", *TINY_FP32, "--steps", "3", "--out", out, "--eval-scans", "16"],
                                  capsys)
     assert code == 0, err
     assert "SYNTHETIC" in stdout and "subject separation" in stdout and '"steps": 3' in stdout
@@ -131,7 +128,7 @@ def test_synthetic_run_writes_loadable_teacher(cohort, tmp_path, monkeypatch, ca
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["steps"] == 3 and cfg["encoder"]["depth"] == 1
     # a second run into the same folder must not silently overwrite it
-    code, _, err = run_main(["--preset", "demo", *TINY, "--steps", "3", "--out", out], capsys)
+    code, _, err = run_main(["--preset", "demo", *TINY_FP32, "--steps", "3", "--out", out], capsys)
     assert code == 2 and "already holds a run (step 3 of 3)" in err and "--resume" in err
 
 
@@ -185,7 +182,7 @@ def _fixed_inputs(b2):
 
 
 def _tiny_models():
-    cfg = train.resolve_config({"preset": "demo", "dim": 32, "depth": 1, "heads": 2, "proj_hidden": 64})
+    cfg = train.resolve_config({"preset": "demo", **TINY})
     return objective.build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
 
 
@@ -352,7 +349,7 @@ def test_bad_inputs_give_clear_cli_errors(case, match, small, tmp_path, capsys):
     else:   # few_scans, resume_nothing, the options
         src = _npy(tmp_path, x if case == "few_scans" else _series(S=12))
     extra = ["--resume"] if case == "resume_nothing" else case.split() if case.startswith("--") else []
-    code, stdout, err = run_main(["--data", src, *net, "--preset", "demo", *TINY, "--steps", "2",
+    code, stdout, err = run_main(["--data", src, *net, "--preset", "demo", *TINY_FP32, "--steps", "2",
                                   "--out", tmp_path / "o", *extra], capsys)
     assert code == 2
     assert err.startswith("error: ") and "Traceback" not in err
