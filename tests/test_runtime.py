@@ -1,6 +1,7 @@
 """runtime.py (CPU bf16 detection, --precision, --compile, devices) and the paths a GPU run takes
 first, checked on a CPU: a training step under bf16 autocast, a step traced on the "meta" device
-(device placement, host syncs), the Triton conv's dtype under autocast, bf16 feature extraction.
+(device placement, host syncs), a step and its log window traced for host traffic, the log window's
+non-finite stop, DDP's unmasked step, the Triton conv's dtype under autocast, bf16 feature extraction.
 Tiny models (D 32, depth 1) on 40 ROIs in 4 networks.
 
     python -m pytest -q tests/test_runtime.py
@@ -245,6 +246,39 @@ def test_a_training_step_and_its_log_window_take_nothing_from_the_host():
         assert r["masked"] is tr.masked_at(i)
         kinds.add(r["masked"])
     assert kinds == {True, False}
+
+
+def test_log_window_reports_the_first_watched_term_to_go_non_finite():
+    """Only the WATCHED terms stop a run; the earliest step wins, a component before the total at a tie."""
+    w = trainer.LogWindow(torch.device("cpu"), world=1, total=10, out="runs/x")
+    ok = {k: torch.tensor(1.0) for k in trainer.LOGGED}
+    w.add(0, {**ok, "cos_t": torch.tensor(float("nan")), "masked": False})   # a monitor: logged, not watched
+    w.check_finite()
+    w.add(1, {**ok, "loss": torch.tensor(float("inf")), "ttr": torch.tensor(float("nan")), "masked": True})
+    w.add(2, {**ok, "cls": torch.tensor(float("nan")), "masked": False})
+    with pytest.raises(trainer.NonFiniteLoss, match="non-finite ttr at step 2: stopping. The last good checkpoint "
+                                                    "in runs/x is intact"):
+        w.check_finite()
+
+
+def test_an_unmasked_batch_under_ddp_projects_no_token():
+    """Under DDP an unmasked step passes an all-False mask with masked=False (trainer.py): the mask
+    embedding stays in the graph (DDP needs every parameter used), yet no token is projected and the
+    losses are exactly those of no mask at all."""
+    x1, x2 = (torch.randn(4, len(SMALL_MAP), 100) for _ in range(2))
+    enc_cfg, results = train.encoder_config(train.resolve_config({"preset": "demo", **TINY})), []
+    for mask, masked in ((None, None), (torch.zeros(8, 4, 5, dtype=torch.bool), False)):
+        student, teacher = objective.build_models(enc_cfg, SMALL_MAP, seed=0)
+        rows = []
+        student.head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+        r = objective.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3, masked=masked)
+        r["loss"].backward()
+        assert rows == [8 * (1 + 4)]                      # CLS + 4 network summaries of 2B = 8 crops
+        results.append((r, student.encoder.mask_token.grad))
+    (plain, no_grad), (ddp_like, grad) = results
+    assert no_grad is None and grad is not None and not grad.any()
+    for k in plain:
+        assert torch.equal(plain[k], ddp_like[k]), k
 
 
 @pytest.mark.skipif(not kernels._HAVE_TRITON or not kernels.interpreter_on(), reason="needs the Triton interpreter")
