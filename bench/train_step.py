@@ -14,7 +14,8 @@ of the process). Prints one Markdown table row per precision (bench/report.py).
 
 With a comma list of precisions the steps alternate between one trainer per precision in the same
 process (see bench/report.py), and a last line gives the medians and the speed-up over fp32.
-`make_trainer`, `time_steps` and `profile_table` are used by bench/gpu_check.py too.
+`make_trainer`, `timed_step`, `time_steps` and `host_syncs` (the device-to-host syncs of one step as
+train_loop runs it: Trainer.step and LogWindow.add) are used by bench/gpu_check.py too.
 """
 import argparse
 import os
