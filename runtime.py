@@ -125,8 +125,8 @@ def resolve_precision(choice, device):
     if feature:
         return "bf16", ("asked for bf16; " if choice == "bf16" else "") + f"CPU has {feature}"
     if choice == "bf16":
-        warnings.warn(f"--precision bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): it runs emulated, "
-                      f"typically slower than fp32", RuntimeWarning, stacklevel=2)
+        warnings.warn("--precision bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): it runs emulated, "
+                      "typically slower than fp32", RuntimeWarning, stacklevel=2)
         return "bf16", f"asked for bf16; {LACKS_BF16}, so it will be slow"
     return "fp32", LACKS_BF16
 
