@@ -94,11 +94,12 @@ def ttr_loss(student_views, teacher_views, eps=0.05):
 
 
 def token_loss(student_tok_proj, teacher_tok_proj, mask):
-    """L_Tok for ONE view: -cos(teacher, student) at masked positions, averaged over each sample's
-    masked tokens, then over the samples that have any (the caller averages over views).
+    """L_Tok: -cos(teacher, student) at masked positions, averaged over each sample's masked tokens,
+    then over the samples that have any. A sample is one crop: compute_losses passes both views'
+    crops at once (B = 2·batch), so the views are averaged together, crop by crop.
 
     student_tok_proj, teacher_tok_proj: projected tokens (B, N*P, p) or (B, N, P, p), from the
-    masked student and the unmasked teacher of the same view; mask: bool (B, N, P) or (B, N*P).
+    masked student and the unmasked teacher of the same crops; mask: bool (B, N, P) or (B, N*P).
     Returns 0 (still attached to the graph) if nothing is masked."""
     B, p = student_tok_proj.shape[0], student_tok_proj.shape[-1]
     s = student_tok_proj.reshape(B, -1, p)                              # (B, N*P, p)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import runtime
 from encoder import Encoder, EncoderConfig
-from losses import ProjectionHead, mcr_loss, network_summaries, token_loss, ttr_loss
+from losses import ProjectionHead, _exact, mcr_loss, network_summaries, token_loss, ttr_loss
 
 
 class SelfDistillNet(nn.Module):
@@ -41,8 +41,7 @@ class SelfDistillNet(nn.Module):
         N = self.encoder.n_networks
         net = network_summaries(tok, N)                        # (VB, N, D) for L_TTR
         rows = [cls, net.reshape(VB * N, D)] + ([tok.reshape(VB * NP, D)] if with_tokens else [])
-        z = self.head(torch.cat(rows))                         # (VB·(1+N[+N·P]), p)
-        z = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z  # losses in fp32 at least
+        z = _exact(self.head(torch.cat(rows)))                 # (VB·(1+N[+N·P]), p); losses in fp32 at least
         out = {"cls": cls, "z_cls": z[:VB], "z_net": z[VB:VB * (1 + N)].view(VB, N, -1)}
         if with_tokens:
             out["z_tok"] = z[VB * (1 + N):].view(VB, NP, -1)   # (VB, N·P, p)
@@ -96,18 +95,22 @@ def _gather(z):
         return torch.cat(torch.distributed.nn.functional.all_gather(z))
 
 
-def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, amp=False):
+def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, precision="fp32", masked=None):
     """The training objective for one batch (SPEC §7).
 
     x1, x2: (B, C, T') the two views; mask: (2B, N, P) bool for the concatenated views, or None.
+    masked: is this a masked batch (L_Tok on the masked tokens)? Default: a mask is given. Under DDP an
+    unmasked batch passes an all-False mask with masked=False: the student still takes the mask (so
+    the mask embedding stays in DDP's graph), but no token is projected and L_Tok is 0. precision: "fp32"
+    or "bf16", the forwards' autocast on x's device (runtime.resolve_precision resolves "auto").
     Returns a dict of scalar tensors: loss (to backpropagate), cls, ttr, tok, comp, expa (of L_CLS),
     and collapse monitors std_s, std_t (std of normalised CLS projections), cos_t (mean pairwise
     cosine of teacher CLS). With several processes the MCR terms use the global batch.
     """
     B = x1.shape[0]
     x = torch.cat([x1, x2])                                    # (2B, C, T'): both views in one call
-    masked = mask is not None
-    with runtime.autocast(x.device, "bf16" if amp else "fp32"):  # fp32: no autocast at all (any device, meta too)
+    masked = mask is not None if masked is None else masked
+    with runtime.autocast(x.device, precision):                # fp32: no autocast at all (any device, meta too)
         with torch.no_grad():
             t = teacher(x, None, with_tokens=masked)           # the teacher never sees a mask
         s = student(x, mask, with_tokens=masked)

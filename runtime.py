@@ -3,10 +3,11 @@
 Everything that depends on the machine rather than on the method lives here, so that training,
 probing and the benchmarks make the same choices:
 
-- `resolve_device("auto")`: CUDA when there is a GPU, else the CPU.
+- `resolve_device("auto", local_rank)`: CUDA when there is a GPU (this process's: cuda:<local_rank>,
+  for "cuda" too), else the CPU.
 - `setup_distributed(device)`: this process's rank, the world size (torchrun's environment) and its
   device; joins the process group when there are several.
-- `cpu_bf16_feature()` / `cpu_has_native_bf16()`: does this CPU multiply bfloat16 natively
+- `cpu_bf16_feature()`: does this CPU multiply bfloat16 natively
   (AVX512_BF16 or AMX-BF16)? Read from /proc/cpuinfo on Linux, from CPUID through torch's cpuinfo
   elsewhere; never guessed from the vendor or model name.
 - `resolve_precision(choice, device) -> (precision, reason)` for `--precision {auto,fp32,bf16}`:
@@ -37,22 +38,28 @@ _BF16_FLAGS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512_BF16"))
 
 
 def resolve_device(name="auto", local_rank=0) -> torch.device:
-    """'auto' -> cuda:<local_rank> if a GPU is available else cpu; otherwise the named device.
-    A CUDA device on a machine without one is a clear ValueError."""
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    """'auto' -> cuda:<local_rank> if a GPU is available else cpu; 'cuda' -> cuda:<local_rank> (under
+    torchrun each process takes its own GPU, not all of them cuda:0); otherwise the named device.
+    A CUDA device the machine does not have is a clear ValueError."""
     try:
-        device = torch.device(name)
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
     except RuntimeError:
         raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise ValueError(f"--device {name} requested, but this machine has no CUDA device; use --device cpu")
-    return device
+    index, n = (local_rank if device.index is None else device.index), torch.cuda.device_count()
+    if index >= n:
+        why = f" (the GPU of LOCAL_RANK {local_rank})" if device.index is None else ""
+        raise ValueError(f"--device {name}: cuda:{index}{why} does not exist; this machine has {n} CUDA "
+                         f"device(s), cuda:0 to cuda:{n - 1}")
+    return torch.device("cuda", index)
 
 
 def setup_distributed(device_arg="auto"):
     """-> (rank, world size, device) from torchrun's RANK / WORLD_SIZE / LOCAL_RANK (a plain run: 0, 1).
-    Each process takes GPU LOCAL_RANK under "auto"; several processes join one group (NCCL on CUDA,
+    Each process takes GPU LOCAL_RANK under "auto" and "cuda"; several processes join one group (NCCL on CUDA,
     gloo on the CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -99,11 +106,6 @@ def cpu_bf16_feature(cpuinfo="/proc/cpuinfo"):
     return None
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has AVX512_BF16 or AMX-BF16 (see cpu_bf16_feature)."""
-    return cpu_bf16_feature() is not None
-
-
 def resolve_precision(choice, device):
     """--precision auto|fp32|bf16 on `device` -> ('fp32' or 'bf16', a short reason to print).
 
@@ -123,8 +125,8 @@ def resolve_precision(choice, device):
     if feature:
         return "bf16", ("asked for bf16; " if choice == "bf16" else "") + f"CPU has {feature}"
     if choice == "bf16":
-        warnings.warn(f"--precision bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): it runs emulated, "
-                      f"typically slower than fp32", RuntimeWarning, stacklevel=2)
+        warnings.warn("--precision bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): it runs emulated, "
+                      "typically slower than fp32", RuntimeWarning, stacklevel=2)
         return "bf16", f"asked for bf16; {LACKS_BF16}, so it will be slow"
     return "fp32", LACKS_BF16
 

@@ -8,9 +8,9 @@ list, keeps keys of different lengths apart: SeedSequence([s, 1, t]) and SeedSeq
 are the same sequence (short entropy is zero-padded), so a batch stream (s, 1, step, rank 0) would
 repeat a mask stream (s, 1, step).
 
-- `rng(*key)`: a numpy Generator (e.g. train.py's per-step "mask this step?" draw).
+- `rng(*key)`: a numpy Generator (e.g. Trainer.masked_at's per-step "mask this step?" draw).
 - `torch_seed(*key)`: an int for torch.Generator.manual_seed (scans.TrainBatches' epoch order and
-  batch draws, train.py's masks), so torch generators on any device follow the same rule.
+  batch draws, trainer.py's slice masks), so torch generators on any device follow the same rule.
 
 No SPEC section (SPEC §8 only asks for reproducible runs).
 

@@ -193,8 +193,8 @@ def _run_options(g):
         {TrainConfig.log_every}; demo preset 10)""")
     g.add_argument("--ckpt-every", type=int, help=f"""Write teacher.pt and state.pt every k steps (and at the end);
         a stopped run resumes from the last one. (default: {TrainConfig.ckpt_every})""")
-    g.add_argument("--device", type=str, help=f"""auto (cuda:LOCAL_RANK if there is a GPU, else cpu), cpu, cuda,
-        cuda:1 ... (default: {TrainConfig.device})""")
+    g.add_argument("--device", type=str, help=f"""auto (cuda:LOCAL_RANK if there is a GPU, else cpu), cpu,
+        cuda (= cuda:LOCAL_RANK: torchrun's processes one GPU each), cuda:1 ... (default: {TrainConfig.device})""")
     g.add_argument("--no-kernels", action="store_true", help="""Use the plain-PyTorch paths instead of the Triton
         kernels (to compare, or where a kernel misbehaves).""")
     g.add_argument("--precision", type=str, choices=list(runtime.PRECISIONS), help=f"""auto: bf16 autocast on CUDA and
@@ -220,6 +220,12 @@ def resolve_config(given: dict) -> TrainConfig:
             setattr(cfg, k, v)
     if cfg.out is None:
         cfg.out = os.path.join("runs", cfg.preset)
+    for k, lo, hi in (("batch_size", 1, None), ("epochs", 1, None), ("steps", 1, None), ("log_every", 1, None),
+                      ("ckpt_every", 1, None), ("eval_scans", 0, None), ("mask_prob", 0, 1)):  # else a crash, or worse
+        v = getattr(cfg, k)
+        if v is not None and (v < lo or (hi is not None and v > hi)):
+            want = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise ValueError(f"--{k.replace('_', '-')} must be {want} (got {v})")
     return cfg
 
 
@@ -227,11 +233,6 @@ def encoder_config(cfg: TrainConfig) -> EncoderConfig:
     enc = EncoderConfig.preset(cfg.preset)
     over = {k: getattr(cfg, k) for k in ("dim", "depth", "heads", "proj_hidden", "init") if getattr(cfg, k) is not None}
     return dataclasses.replace(enc, **over)
-
-
-def _say(rank, *a):
-    if rank == 0:
-        print(*a, flush=True)
 
 
 # ----------------------------------------------------------------------------- output folder
@@ -244,12 +245,16 @@ def open_output(cfg, given, files):
             raise ValueError(f"--resume: no {files.state_path} to resume from")
         state = checkpoint.load_state(files.state_path)
         saved = state["config"]
+        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise ValueError(f"--resume: {files.state_path} was written by another version of train.py; its options "
+                             f"{', '.join(unknown)} are unknown to this one. Resume it with that version")
         clash = [f"--{k.replace('_', '-')} {getattr(cfg, k)} (saved: {saved.get(k)})" for k in given
                  if k not in KEEP_ON_RESUME and getattr(cfg, k) != saved.get(k)]
         if clash:
             raise ValueError(f"--resume continues the run saved in {cfg.out}, but these options differ from it: "
                              f"{', '.join(clash)}. Drop them, or start a new run with another --out")
-        _say(files.rank, f"resuming {cfg.out} from step {state['step']}")
+        files.say(f"resuming {cfg.out} from step {state['step']}")
         return TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in KEEP_ON_RESUME}}), state
     if os.path.exists(files.state_path) and not cfg.overwrite:
         prev = checkpoint.load_state(files.state_path)
@@ -260,18 +265,17 @@ def open_output(cfg, given, files):
 
 # ----------------------------------------------------------------------------- data and network map
 
-def load_data(cfg, rank):
+def load_data(cfg, files):
     """--data, or the built-in synthetic cohort -> data.Scans."""
-    if cfg.data is None:
+    path = cfg.data
+    if path is None:
         path = os.path.join(synthetic.ensure_synthetic_cohort(), "pretrain.npy")
-        _say(rank, f"no --data given: training on the built-in SYNTHETIC cohort {path} "
-                   "(random stand-in data for trying the pipeline, not real fMRI)")
-    else:
-        path = cfg.data
+        files.say(f"no --data given: training on the built-in SYNTHETIC cohort {path} "
+                  "(random stand-in data for trying the pipeline, not real fMRI)")
     return data.load_scans(path, layout=cfg.layout, tr=cfg.tr)
 
 
-def load_network_map(cfg, scans, rank):
+def load_network_map(cfg, scans, files):
     """--networks -> (C,) network id per ROI; auto:K clusters the group FC and plots it into --out."""
     if cfg.networks.startswith("auto:"):
         try:
@@ -280,7 +284,7 @@ def load_network_map(cfg, scans, rank):
             raise ValueError(f"--networks {cfg.networks}: expected auto:K with an integer K, e.g. auto:9") from None
         fc = group_fc(scans, max_scans=2000, seed=cfg.seed)  # a group mean: 2000 scans are plenty
         network_map = networks.cluster_networks(fc, k, seed=cfg.seed)
-        if rank == 0:
+        if files.rank == 0:
             os.makedirs(cfg.out, exist_ok=True)
             networks.plot_network_fc(fc, network_map, os.path.join(cfg.out, "network_fc.png"))
     else:
@@ -290,7 +294,7 @@ def load_network_map(cfg, scans, rank):
 
 def training_batches(cfg, scans, enc_cfg, device, rank, world):
     """The batch source, after checking that a global batch fits the processes and the subjects."""
-    n_subjects = len(set(scans.subjects))
+    n_subjects = scans.n_subjects
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
     if n_subjects < cfg.batch_size:
@@ -311,7 +315,7 @@ def start_weights(tr, cfg, enc_cfg, network_map, state, files):
         ckpt_cfg, ckpt_map, states = checkpoint.load_init(cfg.init_from, network_map)
         checkpoint.check_architecture(enc_cfg, ckpt_cfg, cfg.init_from, network_map, ckpt_map)
         tr.init_from(states)
-        _say(files.rank, f"initialised student and teacher from {cfg.init_from}" + (
+        files.say(f"initialised student and teacher from {cfg.init_from}" + (
             " (encoders and projection head)" if states["student"]["head"] is not None else
             " (encoders; its file stores no projection head, which starts fresh)"))
     return 0
@@ -321,14 +325,11 @@ def describe_run(cfg, enc_cfg, tr, scans, spe):
     """What rank 0 prints before the first step: config, encoder, data and schedule, parameters."""
     print("config: " + json.dumps(asdict(cfg)), flush=True)
     print(f"encoder: {json.dumps(asdict(enc_cfg))}", flush=True)
-    print(f"data: {len(scans)} scans, {len(set(scans.subjects))} subjects, {scans.n_rois} ROIs, "
+    print(f"data: {len(scans)} scans, {scans.n_subjects} subjects, {scans.n_rois} ROIs, "
           f"{tr.student.encoder.n_networks} networks; {spe} steps/epoch, {tr.total} steps, warm-up {tr.warmup}, "
           f"peak lr {tr.peak_lr:.2e}, {tr.world} process(es) x batch {tr.local_b}, device {tr.device}, "
-          f"{'bf16 autocast' if tr.amp else 'fp32'} ({tr.precision_reason}), "
+          f"{'bf16 autocast' if tr.precision == 'bf16' else 'fp32'} ({tr.precision_reason}), "
           f"compile {'on' if tr.compiled else 'off'} ({tr.compile_reason})", flush=True)
-    warning = warmup_warning(tr.warmup, tr.peak_lr)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
     decayed = "every parameter" if cfg.weight_decay_params == "all" else "all but biases, norms, embeddings"
     print(f"parameters: student {sum(p.numel() for p in tr.s_params) / 1e6:.1f}M "
           f"(AdamW, weight decay on {decayed}; init {enc_cfg.init})", flush=True)
@@ -346,14 +347,12 @@ def train(cfg: TrainConfig, given=()):
     cfg, state = open_output(cfg, given, files)
 
     # ============ data and ROI -> network map ============
-    scans = load_data(cfg, rank)
+    scans = load_data(cfg, files)
     enc_cfg = encoder_config(cfg)
-    network_map = load_network_map(cfg, scans, rank)
+    network_map = load_network_map(cfg, scans, files)
     batches = training_batches(cfg, scans, enc_cfg, device, rank, world)
     spe = batches.steps_per_epoch(cfg.batch_size // world)
-    total = cfg.steps if cfg.steps is not None else cfg.epochs * spe
-    if total < 1:
-        raise ValueError(f"--steps must be at least 1 (got {total})")
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * spe   # >= 1: resolve_config checked both
 
     # ============ student, EMA teacher, optimizer ============
     tr = Trainer(cfg, enc_cfg, network_map, batches, total, device, rank, world)
@@ -361,13 +360,14 @@ def train(cfg: TrainConfig, given=()):
     files.write_config(cfg, enc_cfg, tr, network_map)
     if rank == 0:
         describe_run(cfg, enc_cfg, tr, scans, spe)
+    files.warn(warmup_warning(tr.warmup, tr.peak_lr))
 
     # ============ subject separation at step 0 (monitor.py), on rank 0 ============
     crops, subjects = (separation_crops(scans, cfg.eval_scans, enc_cfg.crop_len) if (rank == 0 and cfg.eval_scans)
                        else (None, None))
     if crops is not None and "start" not in files.separation:
         files.separation["start"] = subject_separation(tr.teacher.encoder, crops.to(device), subjects)
-        _say(rank, f"subject separation at step 0: {json.dumps(files.separation['start'])}")
+        files.say(f"subject separation at step 0: {json.dumps(files.separation['start'])}")
 
     # ============ training loop ============
     files.rewrite_log()
@@ -393,8 +393,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
                         format="%(message)s")
-    cfg = resolve_config(vars(args))
     try:
+        cfg = resolve_config(vars(args))
         train(cfg, given=tuple(vars(args)))
     except (ValueError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -4,9 +4,9 @@ checkpoints between steps (SPEC §6-8). train.py is the driver that sets it up a
 - `Trainer` holds the student, the EMA teacher (objective.py), AdamW and the batch source;
   `Trainer.step(i)` draws step i's batch and slice mask, evaluates the schedules (schedules.py) and
   makes one update: losses, backward, grad-norm clip, AdamW, EMA.
-- `LogWindow` sums each step's losses and monitors on the device (no host sync per step), notes the
-  first step at which a term went non-finite, and at a log step averages over the window and the
-  processes.
+- `LogWindow` sums each step's losses and monitors on the device (nothing read back or copied in
+  per step: tests/test_runtime.py traces it), notes the first step at which a term went non-finite,
+  and at a log step averages over the window and the processes.
 - `RunFiles` is what rank 0 writes into --out: config.json, log.jsonl, teacher.pt and state.pt.
 - `train_loop` runs the steps, with a log line every --log-every and a checkpoint every --ckpt-every.
 
@@ -55,7 +55,6 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[device.index] if device.type == "cuda" else None)
         self.precision, self.precision_reason = runtime.resolve_precision(cfg.precision, device)
-        self.amp = self.precision == "bf16"          # compute_losses autocasts to bf16 on x's device type
         self.compiled, self.compile_reason = runtime.resolve_compile(cfg.compile, device)
         # the forwards are compiled, the modules are not: state_dict keys and the EMA stay as they are.
         # The Triton kernels run inside as graph breaks (kernels/__init__.py says why)
@@ -65,6 +64,11 @@ class Trainer:
                                               if self.compiled else (self.model, self.teacher))
         self.t_params, self.s_params = list(self.teacher.parameters()), list(self.student.parameters())
         self.mask_gen = torch.Generator(device=device)  # slice masks drawn on the device: no host-device copy
+
+    def masked_at(self, step):
+        """Is step `step`'s batch slice-masked? A draw from (seed, stream 1, step), with probability
+        --mask-prob: the same on every process and after a resume."""
+        return bool(seeding.rng(self.cfg.seed, 1, step).random() < self.cfg.mask_prob)
 
     def step(self, step):
         """One optimizer step + EMA update at step `step`: draws the batch and the mask, evaluates the
@@ -76,7 +80,7 @@ class Trainer:
                      ttr_w=ttr_weight_at(step, self.ttr_steps, cfg.ttr_weight))
         x1, x2 = self.batches.next_batch(b)                           # (b, C, T') each
         N, P = self.student.encoder.n_networks, self.student.encoder.n_patches
-        masked = seeding.rng(cfg.seed, 1, step).random() < cfg.mask_prob  # same on all processes
+        masked = self.masked_at(step)
         if masked:
             self.mask_gen.manual_seed(seeding.torch_seed(cfg.seed, 2, step, self.rank))
             mask = slice_mask(2 * b, N, P, generator=self.mask_gen, device=self.device)  # (2b, N, P)
@@ -84,20 +88,21 @@ class Trainer:
             mask = torch.zeros(2 * b, N, P, dtype=torch.bool, device=self.device)
         else:
             mask = None
-        r = self.update(x1, x2, mask, **sched)
+        r = self.update(x1, x2, mask, masked=masked, **sched)
         r.update(masked=masked, **sched)
         return r
 
-    def update(self, x1, x2, mask, lr, wd, ema, ttr_w):
+    def update(self, x1, x2, mask, lr, wd, ema, ttr_w, masked=None):
         """The optimizer step on given views (b, C, T'), mask (2b, N, P) or None and schedule values:
-        losses, backward, grad-norm clip, AdamW with (lr, wd), EMA with momentum `ema`. Returns the
-        compute_losses dict (device tensors, no sync) plus grad_norm."""
+        losses, backward, grad-norm clip, AdamW with (lr, wd), EMA with momentum `ema`. `masked`: as in
+        compute_losses (default: a mask is given). Returns the compute_losses dict (device tensors, no
+        sync) plus grad_norm."""
         for g in self.opt.param_groups:
             g["lr"] = lr
             if g["apply_wd"]:
                 g["weight_decay"] = wd
         r = compute_losses(self.fwd_student, self.fwd_teacher, x1, x2, mask, ttr_w, self.cfg.tok_weight,
-                           self.cfg.eps, self.amp)
+                           self.cfg.eps, self.precision, masked)
         self.opt.zero_grad(set_to_none=True)
         r["loss"].backward()
         r["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.s_params, self.cfg.clip_grad, foreach=True)
@@ -136,14 +141,17 @@ class NonFiniteLoss(RuntimeError):
 class LogWindow:
     """The losses and monitors of the steps since the last log line, summed on the device.
 
-    `add` costs no host sync; `record` (at a log step, on every process) syncs once, averages over
-    the window's steps and the processes, and returns the log.jsonl record. `check_finite` raises
-    NonFiniteLoss, on every process together, once any watched term of any step went non-finite."""
+    `add` costs no host sync and no host-to-device copy; `record` (at a log step, on every process)
+    reads the window back (two syncs: check_finite's and the sums'), averages over the window's
+    steps and the processes, and returns the log.jsonl record. `check_finite` raises NonFiniteLoss,
+    on every process together, once any watched term of any step went non-finite."""
 
     def __init__(self, device, world, total, out):
         self.world, self.total, self.out = world, total, out
         self.sums = torch.zeros(len(LOGGED) + 1, device=device)   # (+ the number of masked batches)
-        self.first_bad = torch.full((len(WATCHED),), -1, dtype=torch.long, device=device)  # step, per term
+        # the first non-finite step of every LOGGED term (-1: none yet); check_finite picks the WATCHED
+        # ones on the host, as indexing here with a Python list would copy the indices to the GPU every step
+        self.first_bad = torch.full((len(LOGGED),), -1, dtype=torch.long, device=device)
         self.watched = [LOGGED.index(k) for k in WATCHED]
         self.n, self.started, self.seconds = 0, time.time(), 0.0   # steps and wall time: window, whole run
 
@@ -152,7 +160,7 @@ class LogWindow:
         vals = torch.stack([r[k].detach().float() for k in LOGGED])
         self.sums[:-1] += vals
         self.sums[-1] += float(r["masked"])
-        bad = ~torch.isfinite(vals[self.watched])
+        bad = ~torch.isfinite(vals)                                 # (len(LOGGED),)
         self.first_bad.copy_(torch.where((self.first_bad < 0) & bad, step, self.first_bad))
         self.n += 1
 
@@ -162,7 +170,8 @@ class LogWindow:
             fb = torch.where(fb < 0, self.total, fb)
             dist.all_reduce(fb, op=dist.ReduceOp.MIN)
             fb = torch.where(fb == self.total, -1, fb)
-        fb = fb.tolist()
+        fb = fb.tolist()                                            # the one sync
+        fb = [fb[j] for j in self.watched]                          # in WATCHED's order
         if max(fb) >= 0:
             i = min((s, i) for i, s in enumerate(fb) if s >= 0)[1]
             raise NonFiniteLoss(f"non-finite {WATCHED[i]} at step {fb[i] + 1}: stopping. The last good "
@@ -225,6 +234,11 @@ class RunFiles:
                   f"ETA {eta / 60:.1f} min", flush=True)
             with open(self.jsonl, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+
+    def say(self, *a):
+        """Print on rank 0 (every process runs the same code; one of them speaks)."""
+        if self.rank == 0:
+            print(*a, flush=True)
 
     def warn(self, message):
         """Print `message` (if any) on rank 0 -> whether there was one."""

@@ -51,7 +51,6 @@ import fileio  # noqa: E402
 import kernels  # noqa: E402
 import networks  # noqa: E402
 import runtime  # noqa: E402
-import seeding  # noqa: E402
 from bench import kernels as bench_kernels  # noqa: E402
 from bench.probe import preset_encoder, time_features  # noqa: E402
 from bench.report import cpu_name, random_scans, synthetic_pool  # noqa: E402
@@ -154,7 +153,7 @@ def _warmup_steps(tr, at_least=2):
     """Steps to run untimed so that both kinds of batch (masked and not) have been compiled."""
     kinds, i = set(), 0
     while len(kinds) < 2 or i < at_least:
-        kinds.add(bool(seeding.rng(tr.cfg.seed, 1, i).random() < tr.cfg.mask_prob))
+        kinds.add(tr.masked_at(i))
         i += 1
     return i
 

@@ -14,7 +14,8 @@ of the process). Prints one Markdown table row per precision (bench/report.py).
 
 With a comma list of precisions the steps alternate between one trainer per precision in the same
 process (see bench/report.py), and a last line gives the medians and the speed-up over fp32.
-`make_trainer`, `time_steps` and `profile_table` are used by bench/gpu_check.py too.
+`make_trainer`, `timed_step`, `time_steps` and `host_syncs` (the device-to-host syncs of one step as
+train_loop runs it: Trainer.step and LogWindow.add) are used by bench/gpu_check.py too.
 """
 import argparse
 import os
@@ -34,7 +35,7 @@ from bench.report import (add_common_args, device_columns, emit, medians_row,  #
 from runtime import keep_freed_memory  # noqa: E402
 from scans import TrainBatches  # noqa: E402
 from train import encoder_config, resolve_config  # noqa: E402
-from trainer import Trainer  # noqa: E402
+from trainer import LogWindow, Trainer  # noqa: E402
 
 
 def make_trainer(preset, batch_size, device, precision="auto", compile="off", scans=None, network_map=None,
@@ -83,15 +84,17 @@ def time_steps(trainers, warmup, steps):
 
 
 def host_syncs(tr, step):
-    """Device-to-host synchronisations inside one eager training step (CUDA's sync debug mode)."""
+    """Device-to-host synchronisations inside one eager training step as train_loop runs it (CUDA's sync
+    debug mode): Trainer.step and LogWindow.add, which sums the step's losses for the next log line."""
     if tr.device.type != "cuda":
         return "Host syncs per step: not measurable on the CPU (torch.cuda.set_sync_debug_mode needs CUDA)."
+    window = LogWindow(tr.device, tr.world, tr.total, out=None)
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            tr.step(step)
+            window.add(step, tr.step(step))
         finally:
             torch.cuda.set_sync_debug_mode(0)
     # the warning's file:line is the Python line whose op synchronised

@@ -14,11 +14,18 @@ import sys
 os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import kernels  # noqa: E402
 
 THREADS = max(1, min(2, os.cpu_count() or 1))   # torch threads of the test process and of scripts it starts
+
+# The small setting of the model tests (seconds on a CPU): 40 ROIs in 4 networks, a D 32 depth-1 encoder
+SMALL_MAP = np.repeat(np.arange(4), 10)
+TINY = dict(dim=32, depth=1, heads=2, proj_hidden=64)                  # TrainConfig fields
+TINY_RUN = [*(a for k, v in TINY.items() for a in (f"--{k.replace('_', '-')}", str(v))),   # the same, as train.py
+            "--batch-size", "8", "--no-kernels", "--log-every", "1", "--eval-scans", "0"]  # flags, and a batch of 8
 
 
 def use_test_settings(threads=THREADS):

@@ -10,9 +10,7 @@ import torch
 import kernels
 import probe
 import train
-
-TINY = ["--dim", "32", "--depth", "1", "--heads", "2", "--proj-hidden", "64", "--batch-size", "8",
-        "--no-kernels", "--log-every", "1", "--eval-scans", "0"]
+from conftest import TINY_RUN
 
 
 def write_folder(folder, rng, n_subjects=16, C=30, k=3, tr=1.0):
@@ -38,7 +36,7 @@ def test_folder_of_csvs_trains_and_probes_by_subject_id(tmp_path, capsys):
     out = tmp_path / "run"
     try:
         train.main(["--data", str(folder), "--tr", "1.0", "--networks", "auto:3", "--preset", "demo",
-                    *TINY, "--steps", "2", "--out", str(out)])
+                    *TINY_RUN, "--steps", "2", "--out", str(out)])
     finally:
         kernels.set_enabled(False)
     assert "3 networks" in capsys.readouterr().out
@@ -66,6 +64,6 @@ def test_map_length_must_match_the_data(tmp_path, capsys):
     (tmp_path / "map.txt").write_text("\n".join(["0", "1"] * 20) + "\n")   # 40 entries, data have 30 ROIs
     with pytest.raises(SystemExit) as e:
         train.main(["--data", str(folder), "--networks", str(tmp_path / "map.txt"), "--preset", "demo",
-                    *TINY, "--steps", "1", "--out", str(tmp_path / "run")])
+                    *TINY_RUN, "--steps", "1", "--out", str(tmp_path / "run")])
     assert e.value.code == 2
     assert "40 entries but the data have 30 ROIs" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """runtime.py (CPU bf16 detection, --precision, --compile, devices) and the paths a GPU run takes
 first, checked on a CPU: a training step under bf16 autocast, a step traced on the "meta" device
-(device placement, host syncs), the Triton conv's dtype under autocast, bf16 feature extraction.
+(device placement, host syncs), a step and its log window traced for host traffic, the log window's
+non-finite stop, DDP's unmasked step, the Triton conv's dtype under autocast, bf16 feature extraction.
 Tiny models (D 32, depth 1) on 40 ROIs in 4 networks.
 
     python -m pytest -q tests/test_runtime.py
@@ -18,12 +19,12 @@ import objective
 import features
 import runtime
 import train
+import trainer
 from bench.probe import preset_encoder
 from bench.report import precisions, random_scans
 from bench.train_step import make_trainer
+from conftest import SMALL_MAP, TINY, TINY_RUN
 
-SMALL_MAP = np.repeat(np.arange(4), 10)    # 40 ROIs, 4 networks
-TINY = dict(dim=32, depth=1, heads=2, proj_hidden=64)
 CPU = torch.device("cpu")
 
 
@@ -103,6 +104,28 @@ def test_cuda_device_without_a_gpu_is_a_clear_error():
         runtime.resolve_device("cuda")
 
 
+@pytest.mark.parametrize("name, local_rank, expected", [
+    ("auto", 0, "cuda:0"), ("auto", 3, "cuda:3"), ("cuda", 2, "cuda:2"), ("cuda:1", 3, "cuda:1"), ("cpu", 2, "cpu")])
+def test_each_process_takes_its_own_gpu(name, local_rank, expected, monkeypatch):
+    """Under torchrun a bare "cuda" is the process's GPU (LOCAL_RANK), as "auto" is; cuda:N stays N.
+    torch.device does not touch the driver, so a CPU machine that reports 4 GPUs checks the rule."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert runtime.resolve_device(name, local_rank) == torch.device(expected)
+
+
+@pytest.mark.parametrize("name, local_rank, match", [
+    ("cuda:4", 0, r"--device cuda:4: cuda:4 does not exist; this machine has 4 CUDA device\(s\), cuda:0 to cuda:3"),
+    ("cuda", 5, r"--device cuda: cuda:5 \(the GPU of LOCAL_RANK 5\) does not exist; this machine has 4"),
+    ("auto", 4, r"--device auto: cuda:4 \(the GPU of LOCAL_RANK 4\) does not exist"),
+])
+def test_a_gpu_the_machine_lacks_is_a_clear_error(name, local_rank, match, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(ValueError, match=match):
+        runtime.resolve_device(name, local_rank)
+
+
 def test_train_cli_rejects_unknown_precision(capsys):
     with pytest.raises(SystemExit) as e:
         train.build_parser().parse_args(["--precision", "fp16"])
@@ -148,7 +171,7 @@ def test_bf16_training_step_on_cpu_runs_matmuls_in_bf16_and_statistics_in_fp32()
     losses, parameters, gradients and the optimizer state stay fp32; losses are finite and close to
     the fp32 step's on the same batch."""
     tr32, tr16 = _trainer("fp32"), _trainer("bf16")
-    assert (tr16.precision, tr16.amp) == ("bf16", True)
+    assert tr16.precision == "bf16"
     r32 = tr32.step(0)
     with OpDtypes() as ops:
         r16 = tr16.step(0)
@@ -188,6 +211,76 @@ def test_step_traced_on_the_meta_device():
     objective.ema_update(list(teacher.parameters()), list(student.parameters()), 0.99)
 
 
+class HostTraffic(TorchDispatchMode):
+    """Records the aten ops that would cost a CUDA run a host round trip: a tensor built from Python
+    data on the host (lift_fresh, then copied to the GPU), a device tensor read back as a number
+    (_local_scalar_dense: .item(), .tolist(), if tensor:), a data-dependent shape (nonzero) or an
+    explicit move between devices (_to_copy with device=)."""
+
+    FLAGGED = ("lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "nonzero")
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name, kwargs = func.overloadpacket.__name__, kwargs or {}
+        moves = name == "_to_copy" and "device" in kwargs and kwargs["device"] != args[0].device
+        if name in self.FLAGGED or moves:
+            self.seen.append(name)
+        return func(*args, **kwargs)
+
+
+def test_a_training_step_and_its_log_window_take_nothing_from_the_host():
+    """Trainer.step (batch, mask, forward, backward, AdamW, EMA) plus LogWindow.add, masked and
+    unmasked, traced on the CPU: nothing built on the host, nothing read back. On CUDA each of these
+    would be a host-device copy or a sync every step (the log step's LogWindow.record is the one sync)."""
+    tr = _trainer("fp32")
+    window = trainer.LogWindow(tr.device, tr.world, tr.total, "unused")
+    kinds = set()
+    for i in range(4):
+        with HostTraffic() as ops:
+            r = tr.step(i)
+            window.add(i, r)
+        assert ops.seen == [], (i, ops.seen)
+        assert r["masked"] is tr.masked_at(i)
+        kinds.add(r["masked"])
+    assert kinds == {True, False}
+
+
+def test_log_window_reports_the_first_watched_term_to_go_non_finite():
+    """Only the WATCHED terms stop a run; the earliest step wins, a component before the total at a tie."""
+    w = trainer.LogWindow(torch.device("cpu"), world=1, total=10, out="runs/x")
+    ok = {k: torch.tensor(1.0) for k in trainer.LOGGED}
+    w.add(0, {**ok, "cos_t": torch.tensor(float("nan")), "masked": False})   # a monitor: logged, not watched
+    w.check_finite()
+    w.add(1, {**ok, "loss": torch.tensor(float("inf")), "ttr": torch.tensor(float("nan")), "masked": True})
+    w.add(2, {**ok, "cls": torch.tensor(float("nan")), "masked": False})
+    with pytest.raises(trainer.NonFiniteLoss, match="non-finite ttr at step 2: stopping. The last good checkpoint "
+                                                    "in runs/x is intact"):
+        w.check_finite()
+
+
+def test_an_unmasked_batch_under_ddp_projects_no_token():
+    """Under DDP an unmasked step passes an all-False mask with masked=False (trainer.py): the mask
+    embedding stays in the graph (DDP needs every parameter used), yet no token is projected and the
+    losses are exactly those of no mask at all."""
+    x1, x2 = (torch.randn(4, len(SMALL_MAP), 100) for _ in range(2))
+    enc_cfg, results = train.encoder_config(train.resolve_config({"preset": "demo", **TINY})), []
+    for mask, masked in ((None, None), (torch.zeros(8, 4, 5, dtype=torch.bool), False)):
+        student, teacher = objective.build_models(enc_cfg, SMALL_MAP, seed=0)
+        rows = []
+        student.head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+        r = objective.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3, masked=masked)
+        r["loss"].backward()
+        assert rows == [8 * (1 + 4)]                      # CLS + 4 network summaries of 2B = 8 crops
+        results.append((r, student.encoder.mask_token.grad))
+    (plain, no_grad), (ddp_like, grad) = results
+    assert no_grad is None and grad is not None and not grad.any()
+    for k in plain:
+        assert torch.equal(plain[k], ddp_like[k]), k
+
+
 @pytest.mark.skipif(not kernels._HAVE_TRITON or not kernels.interpreter_on(), reason="needs the Triton interpreter")
 def test_tokenizer_kernel_runs_in_the_autocast_dtype(monkeypatch):
     """Under bf16 autocast the Triton conv gets bf16 inputs, as torch's own conv would; fp32 data
@@ -219,8 +312,7 @@ def test_run_prints_and_stores_the_resolved_precision(tmp_path, monkeypatch, cap
     monkeypatch.setattr(runtime, "cpu_bf16_feature", lambda *a: "AVX512_BF16")
     out = tmp_path / "run"
     train.main(["--data", str(tmp_path / "scans.npy"), "--networks", str(tmp_path / "map.txt"), "--preset", "demo",
-                "--dim", "32", "--depth", "1", "--heads", "2", "--proj-hidden", "64", "--batch-size", "8",
-                "--no-kernels", "--steps", "1", "--eval-scans", "0", "--out", str(out)])
+                *TINY_RUN, "--steps", "1", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert "bf16 autocast (CPU has AVX512_BF16), compile off (auto: off on the CPU)" in stdout
     want = {"device": "cpu", "precision": "bf16", "precision_reason": "CPU has AVX512_BF16",

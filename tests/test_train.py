@@ -22,14 +22,11 @@ import objective
 import synthetic
 import train
 import trainer
-from conftest import script_env, use_test_settings
+from conftest import SMALL_MAP, TINY, TINY_RUN, script_env, use_test_settings
 from scans import probe_crops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dim", "32", "--depth", "1", "--heads", "2", "--proj-hidden", "64", "--batch-size", "8",
-        "--no-kernels", "--log-every", "1", "--eval-scans", "0",
-        "--precision", "fp32"]   # the same numbers on every CPU (auto is bf16 where the CPU has it natively)
-SMALL_MAP = np.repeat(np.arange(4), 10)   # 40 ROIs, 4 networks: keeps the tests fast
+TINY_FP32 = [*TINY_RUN, "--precision", "fp32"]   # the same numbers on every CPU (auto: bf16 where the CPU has it)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def small(tmp_path_factory):
 
 def small_args(small, out, *extra):
     return ["--data", str(small / "pretrain.npy"), "--networks", str(small / "network_map.txt"),
-            "--preset", "demo", *TINY, "--out", str(out), *extra]
+            "--preset", "demo", *TINY_FP32, "--out", str(out), *extra]
 
 
 def read_log(out):
@@ -112,7 +109,7 @@ def test_every_option_has_a_flag_and_every_flag_an_option():
 def test_synthetic_run_writes_loadable_teacher(cohort, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(synthetic, "ensure_synthetic_cohort", lambda: cohort)   # no --data: built-in cohort
     out = tmp_path / "run"
-    code, stdout, err = run_main(["--preset", "demo", *TINY, "--steps", "3", "--out", out, "--eval-scans", "16"],
+    code, stdout, err = run_main(["--preset", "demo", *TINY_FP32, "--steps", "3", "--out", out, "--eval-scans", "16"],
                                  capsys)
     assert code == 0, err
     assert "SYNTHETIC" in stdout and "subject separation" in stdout and '"steps": 3' in stdout
@@ -131,7 +128,7 @@ def test_synthetic_run_writes_loadable_teacher(cohort, tmp_path, monkeypatch, ca
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["steps"] == 3 and cfg["encoder"]["depth"] == 1
     # a second run into the same folder must not silently overwrite it
-    code, _, err = run_main(["--preset", "demo", *TINY, "--steps", "3", "--out", out], capsys)
+    code, _, err = run_main(["--preset", "demo", *TINY_FP32, "--steps", "3", "--out", out], capsys)
     assert code == 2 and "already holds a run (step 3 of 3)" in err and "--resume" in err
 
 
@@ -185,7 +182,7 @@ def _fixed_inputs(b2):
 
 
 def _tiny_models():
-    cfg = train.resolve_config({"preset": "demo", "dim": 32, "depth": 1, "heads": 2, "proj_hidden": 64})
+    cfg = train.resolve_config({"preset": "demo", **TINY})
     return objective.build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
 
 
@@ -288,6 +285,15 @@ def _series(S=4, C=40, T=120, seed=0):
     ("short", "fewer than one patch"),
     ("networks_spec", "expected auto:K with an integer K"),
     ("resume_nothing", "no .*state.pt to resume from"),
+    # options out of range: each once crashed (ZeroDivisionError), misled or was silently taken
+    ("--epochs 0", r"--epochs must be at least 1 \(got 0\)"), ("--steps 0", r"--steps must be at least 1 \(got 0\)"),
+    ("--epochs 0 --steps 3", r"--epochs must be at least 1 \(got 0\)"),
+    ("--log-every 0", r"--log-every must be at least 1 \(got 0\)"),
+    ("--ckpt-every 0", r"--ckpt-every must be at least 1 \(got 0\)"),
+    ("--batch-size 0", r"--batch-size must be at least 1 \(got 0\)"),
+    ("--eval-scans -1", r"--eval-scans must be at least 0 \(got -1\)"),
+    ("--mask-prob 2", r"--mask-prob must be between 0 and 1 \(got 2.0\)"),
+    ("--mask-prob -0.1", r"--mask-prob must be between 0 and 1 \(got -0.1\)"),
 ])
 def test_bad_inputs_give_clear_cli_errors(case, match, small, tmp_path, capsys):
     x = _series()
@@ -306,15 +312,39 @@ def test_bad_inputs_give_clear_cli_errors(case, match, small, tmp_path, capsys):
         src = _npy(tmp_path, x)
     elif case == "networks_spec":
         src, net = _npy(tmp_path, _series(S=12)), ["--networks", "auto:many"]
-    else:
+    else:   # few_scans, resume_nothing, the options
         src = _npy(tmp_path, x if case == "few_scans" else _series(S=12))
-    extra = ["--resume"] if case == "resume_nothing" else []
-    code, stdout, err = run_main(["--data", src, *net, "--preset", "demo", *TINY, "--steps", "2",
+    extra = ["--resume"] if case == "resume_nothing" else case.split() if case.startswith("--") else []
+    code, stdout, err = run_main(["--data", src, *net, "--preset", "demo", *TINY_FP32, "--steps", "2",
                                   "--out", tmp_path / "o", *extra], capsys)
     assert code == 2
     assert err.startswith("error: ") and "Traceback" not in err
     import re
     assert re.search(match, err), err
+
+
+def test_global_batch_must_split_over_the_processes(small):
+    cfg = train.resolve_config({"preset": "demo", "batch_size": 8})
+    scans = data.load_scans(small / "pretrain.npy")
+    with pytest.raises(ValueError, match="--batch-size 8 is not divisible by the 3 processes"):
+        train.training_batches(cfg, scans, train.encoder_config(cfg), torch.device("cpu"), rank=0, world=3)
+
+
+def test_resume_refuses_other_options_and_another_versions_state(small, tmp_path, capsys):
+    """--resume continues the saved run: a changed option is named; a state.pt whose config holds options
+    this version does not know (written by another version) is a clear error, not a TypeError."""
+    out = tmp_path / "run"
+    code, _, err = run_main(small_args(small, out, "--steps", "1"), capsys)
+    assert code == 0, err
+    code, _, err = run_main(small_args(small, out, "--steps", "1", "--lr", "0.1", "--resume"), capsys)
+    assert code == 2 and err.startswith(f"error: --resume continues the run saved in {out}, but these options "
+                                        f"differ from it: --lr 0.1 (saved: 0.0007)"), err
+    raw = torch.load(out / "state.pt", weights_only=True)
+    raw["config"]["future_option"] = 1
+    torch.save(raw, out / "state.pt")
+    code, _, err = run_main(small_args(small, out, "--resume"), capsys)
+    assert code == 2 and err.startswith(f"error: --resume: {out / 'state.pt'} was written by another version of "
+                                        f"train.py; its options future_option are unknown to this one"), err
 
 
 @pytest.mark.skipif(not kernels._HAVE_TRITON, reason="triton is not installed")
