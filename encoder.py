@@ -66,14 +66,23 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(B, S, D))
 
 
+def softmax_attention(q, k, v):
+    """softmax(q kᵀ / √d) v per head: q, k, v (B, h, S, d) -> (B, h, S, d). The softmax runs in
+    fp32 or wider, also under bf16 autocast."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)            # (B, h, S, S)
+    weights = scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    return weights.to(v.dtype) @ v                                       # (B, h, S, d)
+
+
 def attention(q, k, v):
-    """Scaled dot-product attention; bf16 on a CPU runs it in fp32. PyTorch's CPU flash attention has
-    a slow bf16 backward: at paper size (B 64 crops, 12 heads, 46 tokens) fwd+bwd of one block takes
-    180 ms in bf16 against 55 ms in fp32 (52 ms with the casts), ~1 s of a 12 s bf16 step.
-    Attention is ~3% of the step's FLOPs, so fp32 costs nothing there; fp32 inputs are untouched."""
+    """softmax_attention, computed by PyTorch's fused scaled_dot_product_attention except in bf16 on
+    a CPU. There, with 46 tokens, the fused kernel is overhead-bound and its backward slow: at paper
+    size (64 crops, 12 heads), 2 threads of a Zen 4, the written-out form takes 6.6-7.0 ms forward
+    against 13-14 fused in bf16 (10-11 fused in fp32, the former path, with casts), fwd+bwd 19-21 ms
+    against 92-107 in bf16 (30-38 in fp32). In fp32 the fused kernel is the faster one on the CPU
+    (bench/attention.py, BENCHMARKS.md); on a GPU it is flash attention."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        with torch.autocast("cpu", enabled=False):                       # autocast would cast back to bf16
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        return softmax_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
 

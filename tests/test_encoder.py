@@ -5,9 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import networks
-from encoder import Attention, Encoder, EncoderConfig, sincos_embedding
+from encoder import Attention, Encoder, EncoderConfig, attention, sincos_embedding, softmax_attention
 from masking import slice_mask
 from test_tokenizer import spec_tokenizer_parameters
 
@@ -122,6 +123,45 @@ def test_attention_matches_manual():
     w = (heads(q) @ heads(k).transpose(-1, -2) / 2.0).softmax(-1)
     ref = attn.proj((w @ heads(v)).transpose(1, 2).reshape(2, 7, 16))
     torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 8), (2, 3, 7, 16), (3, 5, 46, 64), (2, 12, 13, 5)])
+def test_written_out_attention_matches_fused(shape):
+    """The CPU's written-out attention computes what the GPU's fused SDPA does: values and the
+    gradients of q, k, v under one shared upstream gradient. Shapes: batch 1 with one token, odd head
+    counts, the paper's 46 tokens, a prime token count with an odd head width."""
+    torch.manual_seed(0)
+    qkv = [torch.randn(shape, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    g = torch.randn(shape, dtype=torch.float64)
+    outs = {}
+    for name, fn in (("written", softmax_attention), ("fused", F.scaled_dot_product_attention)):
+        out = fn(*qkv)
+        outs[name] = (out, *torch.autograd.grad(out, qkv, g))
+    for a, b in zip(outs["written"], outs["fused"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_written_out_attention_under_bf16_autocast():
+    """Under CPU bf16 autocast the written-out form multiplies in bf16 (scores and probabilities are
+    rounded to bf16's 8 bits) and takes the softmax in fp32: it stays within bf16 rounding of the exact
+    attention, values and gradients (tolerance 3e-2: a few bf16 ulps of O(1) values)."""
+    torch.manual_seed(0)
+    qkv = [torch.randn(2, 3, 46, 64, requires_grad=True) for _ in range(3)]
+    g = torch.randn(2, 3, 46, 64)
+    exact = F.scaled_dot_product_attention(*[t.double() for t in qkv])
+    exact = (exact, *torch.autograd.grad(exact, qkv, g.double()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = softmax_attention(*[t.bfloat16() for t in qkv])
+    assert out.dtype == torch.bfloat16
+    got = (out, *torch.autograd.grad(out, qkv, g))
+    for a, b in zip(got, exact):
+        torch.testing.assert_close(a.double(), b.double(), rtol=3e-2, atol=3e-2)
+
+
+def test_attention_on_a_cpu_is_the_written_out_form():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 9, 8).bfloat16()
+    assert torch.equal(attention(q, k, v), softmax_attention(q, k, v))
 
 
 def test_init():

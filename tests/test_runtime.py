@@ -139,6 +139,18 @@ def test_bench_cli_rejects_unknown_precision(capsys):
     assert e.value.code == 2 and "give auto, fp32, bf16 or a comma list" in capsys.readouterr().err
 
 
+def test_attention_bench_times_every_form_per_precision(capsys):
+    """bench/attention.py prints a row per (form, pass) for each precision: fused and written-out in
+    fp32, and also the fused form on fp32 casts in bf16 (the CPU's former bf16 path)."""
+    from bench import attention
+    attention.main(["--preset", "demo", "--crops", "2", "--repeats", "1", "--precision", "fp32,bf16",
+                    "--no-kernels"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")]
+    assert len(rows) == 2 * (2 + 3)
+    assert sum("fused SDPA in fp32" in r for r in rows) == 2
+    assert all(" ms | " in r and "x written-out's" in r for r in rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # the bf16 step on a CPU
 
