@@ -30,7 +30,7 @@ def test_dry_run_passes_and_writes_every_section(tmp_path):
     for _, title in gpu_check.STAGES:
         assert f"### {title}" in report and f"| {title} | pass |" in report, title
     for piece in ("tests/test_kernels.py -k cuda", "| conv fwd+bwd", "| mcr fwd+bwd", "| bf16 |",
-                  "| eager |", "| compiled |", "projected 7,600 steps", "| yes |", "crops/s",
+                  *(f"| {mode} |" for mode in gpu_check.MODES), "projected 7,600 steps", "| yes |", "crops/s",
                   "SPEC §8 sanity checks", "ok: L_CLS falls"):
         assert piece in report, piece
     assert "DISAGREE" not in report and "FAILED" not in report
