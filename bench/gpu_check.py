@@ -21,9 +21,12 @@ next one runs; the budgets add up to 8 minutes):
             (39,139 scans, one per subject) held in GPU memory, checked against SPEC §8's sanity ranges:
             L_CLS falls, the teacher's projection std does not shrink towards 0, the CLS does not
             collapse, no NaN
+  tiles     the tokenizer conv kernel (bf16, paper shapes) at each tile variant of bench/kernels.py's
+            conv_sweep: error against the reference, forward and fwd+bwd time, the fastest variant
 
 Exit status 1 when any stage fails: an exception, an overrun, a parity test failing or skipped on
-a GPU, eager and compiled losses disagreeing, or a sanity range missed. Targets (≤ 20 min and
+a GPU, eager and compiled losses disagreeing, a sanity range missed, or a tile variant off the
+reference by more than bf16 rounding. Targets (≤ 20 min and
 ≤ 10 GB for the paper run, kernels ≥ 2× their references) are reported as met or missed, not failed.
 
 --dry-run: the CPU, Triton through its interpreter (kernels) or the PyTorch reference (model),
@@ -86,7 +89,7 @@ class Plan:
             self.pool, self.pool_len, self.pretrain_steps, self.log_every = 64, 120, 30, 10
             self.pretrain_schedule = 30
             self.backend = "aot_eager"
-            self.budget = dict(parity=60, kernels=40, step=60, probe=20, pretrain=40)
+            self.budget = dict(parity=60, kernels=40, step=60, probe=20, pretrain=40, tiles=60)
         else:
             self.preset, self.model = "paper", {}
             self.map, self.batch, self.timed = networks.default_network_map(), 512, 5
@@ -99,10 +102,9 @@ class Plan:
             # without kernels alike (BENCHMARKS.md, GPU check), so that is not a check of our code
             self.pretrain_schedule = PAPER_STEPS
             self.backend = "inductor"
-            # 475 s in all; the step stage compiles 4 graph variants (student masked/unmasked fwd+bwd,
-            # teacher with/without tokens) with Inductor for each of its four compiled modes (142 s
-            # with three on an H100)
-            self.budget = dict(parity=45, kernels=45, step=255, probe=30, pretrain=100)
+            # 480 s in all (last H100 run: parity 29 s, kernels 13, step 142 with three compiled modes,
+            # probe 2, pretrain 52); each compiled mode compiles 4 graphs (masked or not, student, teacher)
+            self.budget = dict(parity=45, kernels=45, step=230, probe=20, pretrain=80, tiles=60)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,6 +252,18 @@ def stage_probe(plan):
 
 
 
+def stage_tiles(plan):
+    """Every tile variant of bench/kernels.py's conv_sweep, bf16, checked and timed; one off by more
+    than bf16 rounding fails the stage (the kernel must be right at any tiles)."""
+    with kernels.enabled(True):
+        rows = bench_kernels.sweep_conv(torch.bfloat16, plan.kernel_iters, plan.device, plan.conv)
+    md, wrong = bench_kernels.sweep_table(rows, tol=2e-2)
+    md += "\n(dry run: the Triton interpreter on the CPU; its times mean nothing)\n" if plan.dry else ""
+    if wrong:
+        raise StageFailed(md)
+    return md
+
+
 def stage_pretrain(plan, deadline):
     t0 = time.time()
     scans = synthetic_pool(plan.pool, plan.map, plan.pool_len, plan.device)
@@ -293,7 +307,8 @@ def _sanity(rows):
 
 STAGES = (("parity", "CUDA parity tests"), ("kernels", "Kernels vs PyTorch references"),
           ("step", "Paper-preset training step"), ("probe", "Probe feature throughput"),
-          ("pretrain", "Short pretraining on a UK-Biobank-sized synthetic cohort"))
+          ("pretrain", "Short pretraining on a UK-Biobank-sized synthetic cohort"),
+          ("tiles", "Tokenizer conv kernel tiles"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,7 +331,7 @@ def run_stage(name, plan):
     budget = plan.budget[name]
     t0 = time.time()
     fn = {"parity": stage_parity, "kernels": stage_kernels, "step": stage_step, "probe": stage_probe,
-          "pretrain": lambda p: stage_pretrain(p, t0 + budget)}[name]
+          "pretrain": lambda p: stage_pretrain(p, t0 + budget), "tiles": stage_tiles}[name]
     _alarm(budget)
     try:
         body, status = fn(plan), "pass"

@@ -11,14 +11,20 @@ speed-up of Triton over each reference. bench/gpu_check.py calls bench_conv and 
 
     python bench/kernels.py [--dtype fp32|bf16] [--tf32] [--iters 20] [--no-compile]
                             [--only conv|mcr] [--conv-blocks rows=128,d=128]   # tile experiments
-    python bench/kernels.py --compile-check [--dtype bf16]   # no GPU needed: compile for sm_90
+    python bench/kernels.py --dtype bf16 --sweep           # the tokenizer conv at each tile variant of CONV_SWEEP
+    python bench/kernels.py --compile-check [--dtype bf16] [--sweep]   # no GPU needed: compile for sm_90,
+                                                                       # shared memory and registers per kernel
 
 Without CUDA it says so and exits 0 (the CPU interpreter is far too slow to time).
 """
 import argparse
+import dataclasses
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -143,10 +149,46 @@ def bench_mcr(dtype, iters, compile_ref, device="cuda", ms=(512, 4608), p=128):
     return rows
 
 
-def compile_check(dtype=None):
-    """Compile every kernel (bf16, fp32 ieee, fp32 tf32; or one --dtype) for sm_90 with the GPU tiles:
-    catches what the CPU interpreter lets through (dtypes, shared memory, unsupported constructs).
-    No GPU needed."""
+def conv_sweep():
+    """(label, ConvBlocks) variants of the tokenizer conv's GPU tiles, one field changed at a time from
+    the default, for --sweep. The first H100 run timed the default only (forward 0.89x, fwd+bwd 0.55x
+    the reference in bf16). ptxas (sm_90a) gives the default 169-254 registers per thread at 8 warps,
+    the weight-gradient kernel 254: one block per SM. D tiles of 64 halve that (127-168). Variants
+    that spill hundreds of bytes (4 warps, ck_w=256) are left out."""
+    from kernels.tokenizer_conv import ConvBlocks
+    changes = [{}, dict(rows=128), dict(rows=32), dict(ck=64), dict(d=64), dict(rows_b=64), dict(ck_w=64),
+               dict(d=64, rows=128), dict(d=64, ck=64, ck_w=64)]
+    return [(", ".join(f"{k}={v}" for k, v in c.items()) or "default", dataclasses.replace(ConvBlocks(), **c))
+            for c in changes]
+
+
+def _ptxas_usage(ptx):
+    """'N registers, S B spilled' from a ptxas bundled with triton run on `ptx` (for sm_90a), or
+    'registers n/a' when none of them reads this PTX version."""
+    import triton
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        for name in ("ptxas-blackwell", "ptxas"):
+            exe = os.path.join(bindir, name)
+            if not os.path.exists(exe):
+                continue
+            r = subprocess.run([exe, "-v", "--gpu-name=sm_90a", src, "-o", os.path.join(tmp, "k.cubin")],
+                               capture_output=True, text=True)
+            regs = re.search(r"Used (\d+) registers", r.stderr)
+            spill = re.search(r"(\d+) bytes spill stores", r.stderr)
+            if r.returncode == 0 and regs:
+                return f"{regs.group(1)} registers, {spill.group(1) if spill else '?'} B spilled"
+    return "registers n/a"
+
+
+def compile_check(dtype=None, sweep=False):
+    """Compile every kernel (bf16, fp32 ieee, fp32 tf32; or one --dtype) for sm_90 with the GPU tiles
+    (with `sweep`, the tokenizer conv also at every tile variant of conv_sweep): catches what the CPU
+    interpreter lets through (dtypes, shared memory, unsupported constructs) and prints each kernel's
+    shared memory and registers per thread (ptxas -v). No GPU needed."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("--compile-check needs TRITON_INTERPRET unset (the interpreter replaces @triton.jit)")
     import triton
@@ -157,7 +199,8 @@ def compile_check(dtype=None):
     from kernels import coding_rate as cr
     from kernels import tokenizer_conv as tc
 
-    conv, mcr = tc.ConvBlocks(), cr.McrBlocks()
+    mcr = cr.McrBlocks()
+    tiles = conv_sweep() if sweep else [("default", tc.ConvBlocks())]
     ints = {k: "i32" for k in ("BP", "C", "T", "D", "N", "P", "L")}
     ints_b = {k: ints[k] for k in ints if k != "N"}
     target = GPUTarget("cuda", 90, 32)
@@ -165,30 +208,88 @@ def compile_check(dtype=None):
     for dt, dot, prec in (v for v in variants if dtype in (None, v[0])):
         P = f"*{dt}"
         cc = dict(K=16, PAD_L=7, DOT_DTYPE=dot, PRECISION=prec)
-        cases = [
-            (tc._conv_gelu_mean_fwd_kernel, dict(x_ptr=P, w_ptr=P, bias_ptr=P, offs_ptr="*i32", out_ptr=P, **ints),
-             dict(BLOCK_ROWS=conv.rows, BLOCK_D=conv.d, BLOCK_CK=conv.ck, **cc), conv.num_warps),
-            (tc._conv_gelu_mean_bwd_gh_kernel, dict(x_ptr=P, w_ptr=P, bias_ptr=P, offs_ptr="*i32", gout_ptr=P, gh_ptr=P,
-                                                    gbias_ptr="*fp32", **ints),
-             dict(BLOCK_ROWS=conv.rows_b, BLOCK_D=conv.d, BLOCK_CK=conv.ck, **cc), conv.num_warps),
-            (tc._conv_gelu_mean_bwd_weight_kernel, dict(x_ptr=P, gh_ptr=P, offs_ptr="*i32", gw_ptr="*fp32", **ints_b),
-             dict(BLOCK_ROWS=conv.rows_b, BLOCK_D=conv.d, BLOCK_CK=conv.ck_w, **cc), conv.num_warps),
-            (tc._conv_gelu_mean_bwd_x_kernel, dict(w_ptr=P, gh_ptr=P, offs_ptr="*i32", gx_ptr="*fp32", **ints_b),
-             dict(BLOCK_ROWS=conv.rows_b, BLOCK_D=conv.d, BLOCK_R=conv.r, **cc), conv.num_warps),
-            (cr._mcr_stats_kernel, dict(s1_ptr=P, t1_ptr=P, s2_ptr=P, t2_ptr=P, gram_ptr="*fp32", cos_ptr="*fp32",
-                                        m="i32", p="i32", rows_per_split="i32", n_tiles="i32", cos_eps="fp32"),
+        cases = []
+        for label, conv in tiles:
+            cases += [
+                (label, tc._conv_gelu_mean_fwd_kernel,
+                 dict(x_ptr=P, w_ptr=P, bias_ptr=P, offs_ptr="*i32", out_ptr=P, **ints),
+                 dict(BLOCK_ROWS=conv.rows, BLOCK_D=conv.d, BLOCK_CK=conv.ck, **cc), conv.num_warps),
+                (label, tc._conv_gelu_mean_bwd_gh_kernel,
+                 dict(x_ptr=P, w_ptr=P, bias_ptr=P, offs_ptr="*i32", gout_ptr=P, gh_ptr=P, gbias_ptr="*fp32", **ints),
+                 dict(BLOCK_ROWS=conv.rows_b, BLOCK_D=conv.d, BLOCK_CK=conv.ck, **cc), conv.num_warps),
+                (label, tc._conv_gelu_mean_bwd_weight_kernel,
+                 dict(x_ptr=P, gh_ptr=P, offs_ptr="*i32", gw_ptr="*fp32", **ints_b),
+                 dict(BLOCK_ROWS=conv.rows_b, BLOCK_D=conv.d, BLOCK_CK=conv.ck_w, **cc), conv.num_warps),
+                (label, tc._conv_gelu_mean_bwd_x_kernel,
+                 dict(w_ptr=P, gh_ptr=P, offs_ptr="*i32", gx_ptr="*fp32", **ints_b),
+                 dict(BLOCK_ROWS=conv.rows_b, BLOCK_D=conv.d, BLOCK_R=conv.r, **cc), conv.num_warps)]
+        cases += [
+            ("default", cr._mcr_stats_kernel, dict(s1_ptr=P, t1_ptr=P, s2_ptr=P, t2_ptr=P, gram_ptr="*fp32",
+                                                   cos_ptr="*fp32", m="i32", p="i32", rows_per_split="i32",
+                                                   n_tiles="i32", cos_eps="fp32"),
              dict(BLOCK_M=mcr.rows, BLOCK_P=mcr.p, PRECISION=prec), mcr.num_warps),
-            (cr._mcr_grad_kernel, dict(s_ptr=P, t_ptr=P, tu_ptr=P, minv_ptr="*fp32", gs_ptr=P, w_ptr="*fp32",
-                                       m="i32", p="i32", cos_eps="fp32"),
+            ("default", cr._mcr_grad_kernel, dict(s_ptr=P, t_ptr=P, tu_ptr=P, minv_ptr="*fp32", gs_ptr=P,
+                                                  w_ptr="*fp32", m="i32", p="i32", cos_eps="fp32"),
              dict(BLOCK_M=mcr.rows, BLOCK_P=mcr.p, PRECISION=prec), mcr.num_warps),
         ]
-        for fn, sig, consts, warps in cases:
+        for label, fn, sig, consts, warps in cases:
             src = ASTSource(fn, {**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
             k = triton.compile(src, target=target, options={"num_warps": warps})
             smem = k.metadata.shared
             if smem > 227 * 1024:
-                raise SystemExit(f"{fn.__name__} ({dt}/{prec}) needs {smem} B of shared memory > H100's 227 KiB")
-            print(f"sm_90 {fn.__name__:36s} {dt}/{prec:4s} ok, shared memory {smem // 1024:4d} KiB", flush=True)
+                raise SystemExit(f"{fn.__name__} ({dt}/{prec}, tiles {label}) needs {smem} B of shared memory "
+                                 f"> H100's 227 KiB")
+            print(f"sm_90 {fn.__name__:36s} {dt}/{prec:4s} tiles {label:20s} ok, shared memory {smem // 1024:4d} KiB, "
+                  f"{_ptxas_usage(k.asm['ptx'])}", flush=True)
+
+
+def sweep_conv(dtype, iters, device="cuda", shape=None):
+    """The tokenizer conv at every tile variant of conv_sweep -> [(label, output error, weight-grad
+    error, bench_conv's [(case, result)] for fwd and fwd+bwd)]. The errors are max |Triton −
+    reference| / max |reference| on 4 crops, so that a fast but wrong variant shows."""
+    from kernels.composed import grouped_conv_gelu_mean_reference
+    from kernels.tokenizer_conv import grouped_conv_gelu_mean_triton
+    sh = {**PAPER_CONV, **(shape or {})}
+    counts = sh["counts"] or network_counts()
+    offsets = tuple(int(sum(counts[:i])) for i in range(len(counts) + 1))
+    C, K, D = sum(counts), sh["K"], sh["D"]
+    x = torch.randn(4, C, sh["T"], device=device, dtype=dtype)                 # 4 crops: a check, not a timing
+    w = (torch.randn(C, K, D, device=device) / (K * max(counts)) ** 0.5).to(dtype).requires_grad_()
+    b = torch.randn(len(counts), D, device=device, dtype=dtype)
+
+    def out_and_grad(f):
+        y = f(x, w, b, offsets, sh["L"])
+        return y.float(), torch.autograd.grad(y, w, torch.ones_like(y))[0].float()
+
+    ref = out_and_grad(grouped_conv_gelu_mean_reference)
+    rows = []
+    for label, blocks in conv_sweep():
+        got = out_and_grad(lambda *a: grouped_conv_gelu_mean_triton(*a, blocks=blocks))
+        err = [((g - r).abs().max() / r.abs().max()).item() for g, r in zip(got, ref)]
+        print(f"tiles {label}: max |Triton - reference| / max |reference|: output {err[0]:.1e}, "
+              f"weight grad {err[1]:.1e}", flush=True)
+        rows.append((label, *err, bench_conv(dtype, iters, False, blocks, device=device, shape=shape)))
+    return rows
+
+
+def sweep_table(rows, tol):
+    """sweep_conv's rows -> (Markdown table with the fastest fwd+bwd variant named, whether any
+    variant's error exceeds `tol`)."""
+    nan = (float("nan"), 0)
+    lines = ["| tiles | fwd ms (ref / Triton) | fwd+bwd ms (ref / Triton) | fwd+bwd speed-up | "
+             "error output / weight grad |", "|---|---|---|---|---|"]
+    wrong = False
+    for label, out_err, grad_err, cases in rows:
+        (rf, _), (tf, _) = cases[0][1].get("ref", nan), cases[0][1].get("triton", nan)
+        (rb, _), (tb, _) = cases[1][1].get("ref", nan), cases[1][1].get("triton", nan)
+        bad = not (out_err <= tol and grad_err <= tol)
+        wrong |= bad
+        lines.append(f"| {label} | {rf:.2f} / {tf:.2f} | {rb:.2f} / {tb:.2f} | {rb / tb:.2f}× | "
+                     f"{out_err:.1e} / {grad_err:.1e}{' **WRONG**' if bad else ''} |")
+    best = min(rows, key=lambda r: r[3][1][1].get("triton", nan)[0])
+    lines += ["", f"Fastest fwd+bwd: tiles {best[0]} (the default is kernels.tokenizer_conv.ConvBlocks()). "
+              f"Errors: max |Triton − reference| / max |reference| on 4 crops (allowed: {tol:g})."]
+    return "\n".join(lines) + "\n", wrong
 
 
 def main():
@@ -200,10 +301,13 @@ def main():
     ap.add_argument("--only", choices=("conv", "mcr"), help="run one kernel's cases")
     ap.add_argument("--conv-blocks", default="", metavar="rows=128,d=128",
                     help="override tokenizer-conv tiles (fields of kernels.tokenizer_conv.ConvBlocks)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="time the tokenizer conv at each tile variant of conv_sweep (with --compile-check: "
+                         "compile each)")
     ap.add_argument("--compile-check", action="store_true", help="compile all kernels for sm_90 and exit")
     args = ap.parse_args()
     if args.compile_check:
-        return compile_check(args.dtype)
+        return compile_check(args.dtype, args.sweep)
     if not torch.cuda.is_available():
         print("bench/kernels.py: no CUDA device; nothing to time (the Triton interpreter is not a benchmark).")
         return
@@ -212,6 +316,10 @@ def main():
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     print(f"{torch.cuda.get_device_name()} | dtype {args.dtype} | tf32 {args.tf32} | median of {args.iters}")
     torch.manual_seed(0)
+    if args.sweep:
+        rows = sweep_conv(dtype, args.iters)
+        print(sweep_table(rows, tol=2e-2 if dtype == torch.bfloat16 else 1e-3)[0])
+        return
     if args.only in (None, "conv"):
         from kernels.tokenizer_conv import ConvBlocks
         blocks = ConvBlocks(**{k: int(v) for k, v in (kv.split("=") for kv in args.conv_blocks.split(",") if kv)})

@@ -3,7 +3,7 @@ is imported, so that kernel parity tests run on a CPU. Everything else runs the 
 path by default (the interpreter is far too slow for whole models); kernel tests opt in with
 `kernels.enabled(True)`.
 
-Tests that train in a subprocess, run DDP or compile kernels are marked `slow`:
+Tests that train in a subprocess, run DDP, compile kernels or run the kernel tile sweep are marked `slow`:
 
     python -m pytest -q tests                    # everything (what the README runs)
     python -m pytest -q tests -m "not slow"      # the fast subset, for a quick check while reading

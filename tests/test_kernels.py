@@ -20,7 +20,7 @@ pytest.importorskip("triton")
 
 import kernels  # noqa: E402
 import losses  # noqa: E402
-from bench.kernels import network_counts  # noqa: E402
+from bench.kernels import conv_sweep, network_counts, sweep_conv  # noqa: E402
 from kernels import coding_rate, factored  # noqa: E402
 from kernels.coding_rate import McrBlocks, mcr_loss_triton  # noqa: E402
 from kernels.composed import grouped_conv_gelu_mean_reference  # noqa: E402
@@ -293,6 +293,20 @@ def test_semantic_tokenizer_same_with_and_without_kernels():
     assert g_ref.keys() == g_tri.keys()
     for name in g_ref:
         torch.testing.assert_close(g_tri[name], g_ref[name], **FP32, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.slow
+def test_tile_sweep_checks_every_variant_against_the_reference(capsys):
+    """bench/kernels.py --sweep and gpu_check's tiles stage: every tile variant is checked against the
+    reference (output and weight gradient) and timed forward and fwd+bwd (tiny shapes, interpreter)."""
+    with kernels.enabled(True):
+        rows = sweep_conv(torch.float32, 1, device="cpu", shape=dict(B=1, counts=(3, 2), T=20, D=8))
+    assert [r[0] for r in rows] == [label for label, _ in conv_sweep()]
+    assert all(out_err < 1e-5 and grad_err < 1e-5 for _, out_err, grad_err, _ in rows), rows
+    for *_, cases in rows:
+        assert [case.split()[1] for case, _ in cases] == ["fwd", "fwd+bwd"]
+        assert all({"ref", "triton"} <= res.keys() for _, res in cases)
+    assert capsys.readouterr().out.count("weight grad") == len(rows)
 
 
 # ---------------------------------------------------------------------------------------------
