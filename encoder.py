@@ -77,10 +77,10 @@ def softmax_attention(q, k, v):
 def attention(q, k, v):
     """softmax_attention, computed by PyTorch's fused scaled_dot_product_attention except in bf16 on
     a CPU. There, with 46 tokens, the fused kernel is overhead-bound and its backward slow: at paper
-    size (64 crops, 12 heads), 2 threads of a Zen 4, the written-out form takes 6.6-7.0 ms forward
-    against 13-14 fused in bf16 (10-11 fused in fp32, the former path, with casts), fwd+bwd 19-21 ms
-    against 92-107 in bf16 (30-38 in fp32). In fp32 the fused kernel is the faster one on the CPU
-    (bench/attention.py, BENCHMARKS.md); on a GPU it is flash attention."""
+    size (64 crops, 12 heads), 2 threads of a Zen 4, the written-out form takes 5.5 ms forward and
+    13.6 ms fwd+bwd, the fused kernel 10.8 and 76.5 in bf16, 10.4 and 30.1 on fp32 casts (the former
+    path). In fp32 the fused kernel is the faster one on the CPU (8.3 and 33.6 against 10.1 and 40.2
+    written out; bench/attention.py, BENCHMARKS.md); on a GPU it is flash attention."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         return softmax_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
