@@ -11,7 +11,7 @@ speed-up of Triton over each reference. bench/gpu_check.py calls bench_conv and 
 
     python bench/kernels.py [--dtype fp32|bf16] [--tf32] [--iters 20] [--no-compile]
                             [--only conv|mcr] [--conv-blocks rows=128,d=128]   # tile experiments
-    python bench/kernels.py --dtype bf16 --sweep           # the tokenizer conv at each tile variant of CONV_SWEEP
+    python bench/kernels.py --dtype bf16 --sweep           # the tokenizer conv at each tile variant of conv_sweep()
     python bench/kernels.py --compile-check [--dtype bf16] [--sweep]   # no GPU needed: compile for sm_90,
                                                                        # shared memory and registers per kernel
 
