@@ -150,11 +150,12 @@ def bench_mcr(dtype, iters, compile_ref, device="cuda", ms=(512, 4608), p=128):
 
 
 def conv_sweep():
-    """(label, ConvBlocks) variants of the tokenizer conv's GPU tiles, one field changed at a time from
-    the default, for --sweep. The first H100 run timed the default only (forward 0.89x, fwd+bwd 0.55x
-    the reference in bf16). ptxas (sm_90a) gives the default 169-254 registers per thread at 8 warps,
-    the weight-gradient kernel 254: one block per SM. D tiles of 64 halve that (127-168). Variants
-    that spill hundreds of bytes (4 warps, ck_w=256) are left out."""
+    """(label, ConvBlocks) variants of the tokenizer conv's GPU tiles, changed from the default one or
+    two fields at a time, for --sweep. The first H100 run timed the default only (forward 0.89x,
+    fwd+bwd 0.55x the reference in bf16). Compiled as at paper shapes (--compile-check), the default
+    holds 164 (forward), 120 (gh) and 166 (weight gradient) registers per thread at 8 warps: above
+    128, one block per SM. D tiles of 64 bring them to 101, 80 and 108. Left out: 4 warps (the
+    forward spills) and ck_w=256 (255 registers)."""
     from kernels.tokenizer_conv import ConvBlocks
     changes = [{}, dict(rows=128), dict(rows=32), dict(ck=64), dict(d=64), dict(rows_b=64), dict(ck_w=64),
                dict(d=64, rows=128), dict(d=64, ck=64, ck_w=64)]
@@ -184,11 +185,25 @@ def _ptxas_usage(ptx):
     return "registers n/a"
 
 
+# Integer arguments that are multiples of 16 at paper shapes (B·P = 5120 rows, D = 768; m = 512 or
+# 4608 rows, p = 128). Triton's JIT marks such arguments, and 16-byte-aligned pointers, divisible by
+# 16; only with these marks does it vectorise and pipeline the loads (cp.async), which changes the
+# registers a kernel needs (e.g. the conv's weight-gradient kernel: 254 without, 166 with).
+PAPER_MULTIPLES_OF_16 = {"BP", "D", "m", "p"}
+
+
+def _jit_attrs(fn, sig):
+    """The divisibility marks the JIT would give `fn`'s arguments at paper shapes."""
+    return {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
+            for a, ty in sig.items() if ty.startswith("*") or a in PAPER_MULTIPLES_OF_16}
+
+
 def compile_check(dtype=None, sweep=False):
     """Compile every kernel (bf16, fp32 ieee, fp32 tf32; or one --dtype) for sm_90 with the GPU tiles
     (with `sweep`, the tokenizer conv also at every tile variant of conv_sweep): catches what the CPU
     interpreter lets through (dtypes, shared memory, unsupported constructs) and prints each kernel's
-    shared memory and registers per thread (ptxas -v). No GPU needed."""
+    shared memory, registers per thread (ptxas -v) and whether its loads are pipelined (cp.async in
+    the Triton GPU IR), specialised as the JIT specialises them at paper shapes. No GPU needed."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("--compile-check needs TRITON_INTERPRET unset (the interpreter replaces @triton.jit)")
     import triton
@@ -233,14 +248,16 @@ def compile_check(dtype=None, sweep=False):
              dict(BLOCK_M=mcr.rows, BLOCK_P=mcr.p, PRECISION=prec), mcr.num_warps),
         ]
         for label, fn, sig, consts, warps in cases:
-            src = ASTSource(fn, {**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
+            src = ASTSource(fn, {**sig, **{k: "constexpr" for k in consts}}, constexprs=consts,
+                            attrs=_jit_attrs(fn, sig))
             k = triton.compile(src, target=target, options={"num_warps": warps})
             smem = k.metadata.shared
             if smem > 227 * 1024:
                 raise SystemExit(f"{fn.__name__} ({dt}/{prec}, tiles {label}) needs {smem} B of shared memory "
                                  f"> H100's 227 KiB")
+            piped = "pipelined" if "async_copy_global_to_local" in k.asm["ttgir"] else "not pipelined"
             print(f"sm_90 {fn.__name__:36s} {dt}/{prec:4s} tiles {label:20s} ok, shared memory {smem // 1024:4d} KiB, "
-                  f"{_ptxas_usage(k.asm['ptx'])}", flush=True)
+                  f"{_ptxas_usage(k.asm['ptx'])}, {piped}", flush=True)
 
 
 def sweep_conv(dtype, iters, device="cuda", shape=None):
