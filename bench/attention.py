@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import networks  # noqa: E402
 import runtime  # noqa: E402
-from bench.report import add_common_args, device_columns, emit, setup  # noqa: E402
+from bench.report import add_common_args, device_columns, emit, positive_int, setup  # noqa: E402
 from encoder import EncoderConfig, softmax_attention  # noqa: E402
 
 
@@ -53,8 +53,8 @@ def time_once(fn, qkv, backward, device):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap)
-    ap.add_argument("--crops", type=int, default=64, help="sequences per call (default %(default)s)")
-    ap.add_argument("--repeats", type=int, default=9, help="timed calls per case, after 2 untimed (default %(default)s)")
+    ap.add_argument("--crops", type=positive_int, default=64, help="sequences per call (default %(default)s)")
+    ap.add_argument("--repeats", type=positive_int, default=9, help="timed calls per case, after 2 untimed (default %(default)s)")
     args = ap.parse_args(argv)
     device = setup(args)
     cfg = EncoderConfig.preset(args.preset)

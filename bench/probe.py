@@ -27,7 +27,7 @@ import features  # noqa: E402
 import networks  # noqa: E402
 import runtime  # noqa: E402
 from bench.report import (add_common_args, device_columns, emit, medians_row,  # noqa: E402
-                          random_scans, setup)
+                          positive_int, random_scans, setup)
 from encoder import Encoder, EncoderConfig  # noqa: E402
 
 
@@ -71,9 +71,9 @@ def sizes(args, device):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap)
-    ap.add_argument("--scans", type=int, default=None, help="scans timed (8 crops each; default 32 CPU, 512 GPU)")
-    ap.add_argument("--batch-size", type=int, default=None, help="crops per forward (default 64 CPU, 512 GPU)")
-    ap.add_argument("--repeats", type=int, default=1,
+    ap.add_argument("--scans", type=positive_int, default=None, help="scans timed (8 crops each; default 32 CPU, 512 GPU)")
+    ap.add_argument("--batch-size", type=positive_int, default=None, help="crops per forward (default 64 CPU, 512 GPU)")
+    ap.add_argument("--repeats", type=positive_int, default=1,
                     help="timed passes per precision, the median reported (default %(default)s; take 3 or more "
                          "on a shared machine)")
     ap.add_argument("--ckpt", action="append", default=[],

@@ -31,7 +31,7 @@ def add_common_args(ap):
     ap.add_argument("--no-kernels", action="store_true",
                     help="time the PyTorch reference paths instead of the Triton kernels (on a GPU; a CPU "
                          "runs the reference paths either way)")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch CPU threads (default: torch's, one per core; on a busy 2-core machine 1 thread "
                          "can be faster for tiny models, see BENCHMARKS.md)")
     ap.add_argument("--precision", default="auto", type=_precision_list,
@@ -54,6 +54,18 @@ def precisions(arg):
     if not out or bad:
         raise ValueError(f"--precision {arg!r}: give auto, fp32, bf16 or a comma list of them")
     return out
+
+
+def positive_int(arg):
+    """argparse type for counts (crops, scans, steps, repeats, threads): an int of at least 1."""
+    import argparse
+    try:
+        n = int(arg)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{arg!r} is not a positive integer")
+    return n
 
 
 def _precision_list(arg):

@@ -31,7 +31,7 @@ sys.path.insert(0, REPO)
 
 import networks  # noqa: E402
 from bench.report import (add_common_args, device_columns, emit, medians_row,  # noqa: E402
-                          random_scans, setup)
+                          positive_int, random_scans, setup)
 from runtime import keep_freed_memory  # noqa: E402
 from scans import TrainBatches  # noqa: E402
 from train import encoder_config, resolve_config  # noqa: E402
@@ -118,9 +118,9 @@ def profile_table(tr, i, rows=25):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap)
-    ap.add_argument("--batch-size", type=int, default=32,
+    ap.add_argument("--batch-size", type=positive_int, default=32,
                     help="samples per step, two crops each (default %(default)s, the CPU target; 512 is the paper's)")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps; the median is reported (default %(default)s)")
+    ap.add_argument("--steps", type=positive_int, default=5, help="timed steps; the median is reported (default %(default)s)")
     ap.add_argument("--warmup", type=int, default=2,
                     help="untimed steps first: allocator, autotuning and compilation settle (default %(default)s)")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],

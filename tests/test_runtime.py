@@ -139,6 +139,16 @@ def test_bench_cli_rejects_unknown_precision(capsys):
     assert e.value.code == 2 and "give auto, fp32, bf16 or a comma list" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("script, argv", [("attention", ["--crops", "0"]), ("attention", ["--repeats", "-1"]),
+                                          ("probe", ["--scans", "x"]), ("train_step", ["--steps", "0"]),
+                                          ("train_step", ["--threads", "0"])])
+def test_bench_cli_rejects_counts_below_one(capsys, script, argv):
+    import importlib
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"bench.{script}").main(argv)
+    assert e.value.code == 2 and "is not a positive integer" in capsys.readouterr().err
+
+
 def test_attention_bench_times_every_form_per_precision(capsys):
     """bench/attention.py prints a row per (form, pass) for each precision: fused and written-out in
     fp32, and also the fused form on fp32 casts in bf16 (the CPU's former bf16 path)."""
