@@ -139,11 +139,7 @@ def run_probe(feats, task, seeds, ratios=(4, 1, 8), max_iter=1000):
     for seed in seeds:
         res = probe_split(feats, task, split_subjects(task, ratios, seed), max_iter)
         repeats.append({"seed": int(seed), **res})
-    summary = {}
-    for m in METRICS[task.kind]:
-        v = np.array([r["test"][m] for r in repeats], dtype=float)
-        summary[m] = {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
-                      "std": float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")}
+    summary = {m: _mean_std([r["test"][m] for r in repeats]) for m in METRICS[task.kind]}
     out = {"summary": summary, "repeats": repeats}
     if task.kind == "classification":
         out["confusion"] = np.sum([r["confusion"] for r in repeats], axis=0).tolist()
@@ -161,8 +157,15 @@ def paired_differences(results, kind):
             d = np.array([a["test"][m] - b["test"][m] for a, b in
                           zip(results["teacher"]["repeats"], results[name]["repeats"])], dtype=float)
             better = d < 0 if m == "mae" else d > 0
-            out[name][m] = {"mean": float(np.nanmean(d)), "std": float(np.nanstd(d)),
-                            "teacher_better": int(better.sum()), "repeats": int(np.isfinite(d).sum())}
+            out[name][m] = {**_mean_std(d), "teacher_better": int(better.sum()), "repeats": int(np.isfinite(d).sum())}
     return out
+
+
+def _mean_std(values):
+    """{"mean", "std"} over the finite values (a split can lack a class: AUROC NaN); NaN when none is."""
+    v = np.asarray(values, dtype=float)
+    if not np.isfinite(v).any():
+        return {"mean": float("nan"), "std": float("nan")}
+    return {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v))}
 
 

@@ -113,6 +113,9 @@ def _options(args):
     if args.task == ALL and args.task_type != "auto":
         raise ValueError("--task all decides each column's type itself (--bins k still bins the continuous ones); "
                          "--task-type applies to a single task")
+    if args.out is not None and Path(args.out).suffix.lower() != ".json":
+        raise ValueError(f"--out {args.out}: expected a name ending in .json (the PNG is written beside it, "
+                         f"with .png)")
     if (args.data is None) != (args.labels is None) and not (args.data and data.is_h5(args.data)):
         raise ValueError("--data and --labels go together (leave both out for the synthetic probe cohort; "
                          "an .h5 file in the authors' layout carries its own labels)")
@@ -236,7 +239,7 @@ def run(args):
     paired = paired_differences(results, task.kind)
     report.print_results(task, results, paired, cohort(setup), len(setup.seeds))   # report
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task.name)
-    out = Path(args.out) if args.out else setup.ckpt.resolve().parent / f"probe_{safe}.json"
+    out = _out_path(args, setup, f"probe_{safe}.json")
     rep = {
         "task": task.name, "kind": task.kind, "classes": task.classes, "synthetic": setup.synthetic,
         "config": {**report.run_config(args, setup), "n_subjects": len(task.y), "n_scans": int(len(task.scans)),
@@ -263,13 +266,18 @@ def run_all(args, setup):
     print(f"\nEvery task on {cohort(setup)}: test subjects, mean ± std over {len(setup.seeds)} repeats; "
           f"teacher − baseline on the same splits (teacher better in k of n)")
     print(report.format_all_table(probed))
-    out = Path(args.out) if args.out else setup.ckpt.resolve().parent / "probe_all.json"
+    out = _out_path(args, setup, "probe_all.json")
     rep = {"task": ALL, "synthetic": setup.synthetic, "config": report.run_config(args, setup),
            "std": "over repeats, ddof 0", "tasks": probed, "skipped": skipped}
     title = (f"every task ({'synthetic' if setup.synthetic else setup.data_path.name}), "
              f"{len(setup.seeds)} repeats, mean ± std")
     report.save(rep, out, lambda png: report.plot_all(probed, png, title))
     return rep
+
+
+def _out_path(args, setup, default_name):
+    """--out, else `default_name` beside the checkpoint."""
+    return Path(args.out) if args.out else setup.ckpt.resolve().parent / default_name
 
 
 def main(argv=None):

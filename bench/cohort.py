@@ -29,6 +29,7 @@ import synthetic  # noqa: E402
 from features import fc_features  # noqa: E402
 from linear_probe import PRIMARY, run_probe  # noqa: E402
 from probe_report import format_metric  # noqa: E402
+from bench.report import positive_int  # noqa: E402
 from scans import zscore  # noqa: E402
 
 
@@ -51,13 +52,13 @@ def main(argv=None):
         p.add_argument(f"--effect-{mech}", type=float,
                        help=f"generate a fresh probe cohort with this {mech} effect size instead of the "
                             f"cohort's {defaults[f'effect_{mech}'].default}; the other sizes keep theirs")
-    p.add_argument("--n-probe", type=int, default=300,
+    p.add_argument("--n-probe", type=positive_int, default=300,
                    help="probe subjects of a fresh draw (default %(default)s, as the built-in cohort; fewer "
                         "subjects make every figure noisier)")
     p.add_argument("--seed", type=int, default=0,
                    help="cohort seed; any other than %(default)s draws a fresh probe cohort, to see how much "
                         "the figures move between draws")
-    p.add_argument("--repeats", type=int, default=10,
+    p.add_argument("--repeats", type=positive_int, default=10,
                    help="subject splits per label, as probe.py --repeats (default %(default)s)")
     args = p.parse_args(argv)
     sizes = {f"effect_{m}": getattr(args, f"effect_{m}") for m in synthetic.MECHANISMS

@@ -41,6 +41,7 @@ import data  # noqa: E402
 from features import random_encoder  # noqa: E402
 from scans import fisher_z, probe_crops  # noqa: E402
 import synthetic  # noqa: E402
+from bench.report import positive_int  # noqa: E402
 from encoder import Encoder  # noqa: E402
 
 
@@ -123,7 +124,7 @@ def main(argv=None):
     ap.add_argument("--subjects", default=None,
                     help="text file, one subject id per scan: the folds keep each subject whole "
                          "(default: as probe.py, e.g. X_subjects.txt beside X.npy, else one subject per scan)")
-    ap.add_argument("--scans", type=int, default=150,
+    ap.add_argument("--scans", type=positive_int, default=150,
                     help="use the first N scans, 8 crops each (default %(default)s)")
     ap.add_argument("--supervised", type=int, default=0, metavar="K",
                     help="also train a fresh encoder + linear head for K steps to regress the patch FC "

@@ -2,6 +2,7 @@
 baselines, the CLI end to end on a tiny encoder, and every user error's message. Labels, tasks and
 splits: test_labels.py."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -67,6 +68,18 @@ def test_regression_metrics_and_wide_features():
     res = linear_probe.run_probe(feats, t, seeds=[0, 1])
     assert set(res["summary"]) == {"mae", "r2", "pearson_r"}
     assert res["summary"]["pearson_r"]["mean"] > 0.5 and len(res["repeats"]) == 2
+
+
+def test_paired_differences_of_a_metric_missing_on_every_split_are_nan_without_a_warning():
+    """AUROC is NaN on a split whose test subjects lack a class: summary and paired difference alike
+    are NaN then, quietly (numpy's nanmean would warn 'Mean of empty slice')."""
+    rep = [{"test": {"balanced_accuracy": 0.6, "auroc": float("nan")}}] * 2
+    results = {"teacher": {"repeats": rep}, "fc": {"repeats": rep}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = linear_probe.paired_differences(results, "classification")["fc"]
+    assert np.isnan(d["auroc"]["mean"]) and np.isnan(d["auroc"]["std"]) and d["auroc"]["repeats"] == 0
+    assert d["balanced_accuracy"]["mean"] == 0.0 and d["balanced_accuracy"]["repeats"] == 2
 
 
 def test_fc_features_fisher_z():
@@ -273,6 +286,7 @@ def test_cli_task_all_bins_skips_and_errors(ckpt, tmp_path, capsys):
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--max-iter", "0"], "--max-iter must be at least 1 (got 0)"),
     (["--bins", "1"], "--bins must be at least 2"),
+    (["--out", "results.png"], "--out results.png: expected a name ending in .json"),
 ])
 def test_cli_option_errors_come_before_any_file(opts, message, tmp_path, capsys):
     # the checkpoint does not exist: the option's own message shows it was checked first

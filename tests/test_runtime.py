@@ -141,7 +141,8 @@ def test_bench_cli_rejects_unknown_precision(capsys):
 
 @pytest.mark.parametrize("script, argv", [("attention", ["--crops", "0"]), ("attention", ["--repeats", "-1"]),
                                           ("probe", ["--scans", "x"]), ("train_step", ["--steps", "0"]),
-                                          ("train_step", ["--threads", "0"])])
+                                          ("train_step", ["--threads", "0"]), ("coupling", ["--scans", "0"]),
+                                          ("cohort", ["--repeats", "0"]), ("cohort", ["--n-probe", "-3"])])
 def test_bench_cli_rejects_counts_below_one(capsys, script, argv):
     import importlib
     with pytest.raises(SystemExit) as e:
