@@ -178,12 +178,13 @@ def keep_freed_memory():
     libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
 
 
-def tune_cpu(device="cpu"):
+def tune_cpu(device="cpu", keep_memory=True):
     """CPU-side settings for a run on `device`. Denormals are flushed always: tiny weights/moments
     late in training become denormal floats, which make CPU elementwise ops (GELU, AdamW, EMA) 10x
-    slower; flushing them to zero changes nothing measurable. Freed memory is kept for CPU runs."""
+    slower; flushing them to zero changes nothing measurable. Freed memory is kept for CPU runs
+    (keep_memory=False: bench/train_step.py --default-malloc measures what that saves)."""
     torch.set_flush_denormal(True)
-    if torch.device(device).type == "cpu":
+    if torch.device(device).type == "cpu" and keep_memory:
         keep_freed_memory()
 
 

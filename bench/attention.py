@@ -58,7 +58,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     device = setup(args)
     cfg = EncoderConfig.preset(args.preset)
-    n_tokens = 1 + len(set(networks.default_network_map().tolist())) * (cfg.crop_len // cfg.patch_len)
+    n_tokens = 1 + len(networks.DEFAULT_NETWORK_NAMES) * (cfg.crop_len // cfg.patch_len)
     shape = (args.crops, n_tokens, 3, cfg.heads, cfg.dim // cfg.heads)        # (B, S, 3, h, d), as Attention's qkv
     print(f"attention, {args.preset} preset: B {args.crops}, h {cfg.heads}, S {n_tokens}, d {shape[-1]}; "
           f"{args.repeats} calls per case, the forms taking turns")

@@ -254,12 +254,17 @@ def stage_probe(plan):
 
 def stage_tiles(plan):
     """Every tile variant of bench/kernels.py's conv_sweep, bf16, checked and timed; one off by more
-    than bf16 rounding fails the stage (the kernel must be right at any tiles)."""
-    with kernels.enabled(True):
-        rows = bench_kernels.sweep_conv(torch.bfloat16, plan.kernel_iters, plan.device, plan.conv)
+    than bf16 rounding, or that fails to run, fails the stage (the kernel must be right at any tiles).
+    Stopped by its budget, the stage reports the variants that finished."""
+    rows, stopped = [], ""
+    try:
+        with kernels.enabled(True):
+            bench_kernels.sweep_conv(torch.bfloat16, plan.kernel_iters, plan.device, plan.conv, rows=rows)
+    except StageTimeout:
+        stopped = f"\nStopped by its budget after {len(rows)} of {len(bench_kernels.conv_sweep())} variants.\n"
     md, wrong = bench_kernels.sweep_table(rows, tol=2e-2)
-    md += "\n(dry run: the Triton interpreter on the CPU; its times mean nothing)\n" if plan.dry else ""
-    if wrong:
+    md += stopped + ("\n(dry run: the Triton interpreter on the CPU; its times mean nothing)\n" if plan.dry else "")
+    if wrong or stopped:
         raise StageFailed(md)
     return md
 
@@ -384,6 +389,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in dict(STAGES)]
+    if not wanted:
+        ap.error(f"--stages names no stage; choose from {', '.join(s for s, _ in STAGES)}")
     if unknown:
         ap.error(f"unknown stage(s) {unknown}; choose from {', '.join(s for s, _ in STAGES)}")
     if not args.dry_run and not torch.cuda.is_available():

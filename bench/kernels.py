@@ -7,7 +7,8 @@ Triton kernel:
   only (x is data in training);
 - MCR loss: p = 128, m = 512 (L_CLS) and m = 4608 = B·N (L_TTR).
 One line per case: median time (triton.testing.do_bench: CUDA events, L2 flushed), peak memory,
-speed-up of Triton over each reference. bench/gpu_check.py calls bench_conv and bench_mcr.
+speed-up of Triton over each reference. bench/gpu_check.py calls bench_conv, bench_mcr, sweep_conv
+and sweep_table.
 
     python bench/kernels.py [--dtype fp32|bf16] [--tf32] [--iters 20] [--no-compile]
                             [--only conv|mcr] [--conv-blocks rows=128,d=128]   # tile experiments
@@ -29,13 +30,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from bench.report import positive_int  # noqa: E402
 
 
 def network_counts():
     """R_n of the SPEC's default 457-ROI map (61, 77, 46, 47, 26, 52, 91, 50, 7)."""
-    import numpy as np
     import networks
     return tuple(np.bincount(networks.default_network_map()).tolist())
 
@@ -83,24 +86,35 @@ def run_case(name, impls, iters, device=None):
     return res
 
 
+def conv_inputs(B, counts, T, K, D, dtype=torch.float32, device="cpu", seed=0, grad_x=True):
+    """Seeded (x (B, C, T), weight (C, K, D), bias (N, D)) with O(1) pre-activations, all requiring
+    grad (x only if grad_x: in training x is data), and the N+1 ROI offsets of `counts`."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    C, N = sum(counts), len(counts)
+    x = torch.randn(B, C, T, generator=g, device=device)
+    w = torch.randn(C, K, D, generator=g, device=device) / (K * max(counts)) ** 0.5
+    b = torch.randn(N, D, generator=g, device=device)
+    offsets = tuple(int(o) for o in np.concatenate([[0], np.cumsum(counts)]))
+    ts = [t.to(dtype).requires_grad_(grad) for t, grad in ((x, grad_x), (w, True), (b, True))]
+    return ts, offsets
+
+
 PAPER_CONV = dict(B=1024, counts=None, T=100, L=20, K=16, D=768)   # counts None: the SPEC's nine networks
 
 
-def bench_conv(dtype, iters, compile_ref, blocks=None, device="cuda", shape=None):
-    """Tokenizer conv fwd and fwd+bwd: reference (+ compiled) vs Triton -> [(case name, run_case result)]."""
+def bench_conv(dtype, iters, compile_ref, blocks=None, device="cuda", shape=None, reference=True):
+    """Tokenizer conv fwd and fwd+bwd: reference (+ compiled; reference=False: neither) vs Triton ->
+    [(case name, run_case result)]."""
     from kernels.composed import grouped_conv_gelu_mean_reference
     from kernels.tokenizer_conv import grouped_conv_gelu_mean_triton
     sh = {**PAPER_CONV, **(shape or {})}
     counts = sh["counts"] or network_counts()
     B, T, L, K, D = (sh[k] for k in ("B", "T", "L", "K", "D"))
     C = sum(counts)
-    offsets = tuple(int(sum(counts[:i])) for i in range(len(counts) + 1))
-    x = torch.randn(B, C, T, device=device, dtype=dtype)
-    w = (torch.randn(C, K, D, device=device) / (K * max(counts)) ** 0.5).to(dtype).requires_grad_()
-    b = torch.randn(len(counts), D, device=device, dtype=dtype).requires_grad_()
+    (x, w, b), offsets = conv_inputs(B, counts, T, K, D, dtype, device, grad_x=False)
     g = torch.randn(B, len(counts), T // L, D, device=device, dtype=dtype)
-    fns = {"ref": grouped_conv_gelu_mean_reference}
-    if compile_ref:
+    fns = {"ref": grouped_conv_gelu_mean_reference} if reference else {}
+    if compile_ref and reference:
         fns["compiled"] = torch.compile(grouped_conv_gelu_mean_reference)
     fns["triton"] = lambda *a: grouped_conv_gelu_mean_triton(*a, blocks=blocks)
     shape = f"B={B} C={C} T'={T} L={L} K={K} D={D} N={len(counts)}"
@@ -151,11 +165,10 @@ def bench_mcr(dtype, iters, compile_ref, device="cuda", ms=(512, 4608), p=128):
 
 def conv_sweep():
     """(label, ConvBlocks) variants of the tokenizer conv's GPU tiles, changed from the default one or
-    two fields at a time, for --sweep. The first H100 run timed the default only (forward 0.89x,
-    fwd+bwd 0.55x the reference in bf16). Compiled as at paper shapes (--compile-check), the default
-    holds 164 (forward), 120 (gh) and 166 (weight gradient) registers per thread at 8 warps: above
-    128, one block per SM. D tiles of 64 bring them to 101, 80 and 108. Left out: 4 warps (the
-    forward spills) and ck_w=256 (255 registers)."""
+    two fields at a time, for --sweep and gpu_check's tiles stage. The default was never tuned by
+    timing; `--compile-check --sweep` prints each variant's registers (BENCHMARKS.md has the table:
+    above 128 per thread at 8 warps, one block per SM). Left out: 4 warps (the forward spills) and
+    ck_w=256 (255 registers in the weight-gradient kernel)."""
     from kernels.tokenizer_conv import ConvBlocks
     changes = [{}, dict(rows=128), dict(rows=32), dict(ck=64), dict(d=64), dict(rows_b=64), dict(ck_w=64),
                dict(d=64, rows=128), dict(d=64, ck=64, ck_w=64)]
@@ -185,17 +198,18 @@ def _ptxas_usage(ptx):
     return "registers n/a"
 
 
-# Integer arguments that are multiples of 16 at paper shapes (B·P = 5120 rows, D = 768; m = 512 or
-# 4608 rows, p = 128). Triton's JIT marks such arguments, and 16-byte-aligned pointers, divisible by
-# 16; only with these marks does it vectorise and pipeline the loads (cp.async), which changes the
-# registers a kernel needs (e.g. the conv's weight-gradient kernel: 254 without, 166 with).
-PAPER_MULTIPLES_OF_16 = {"BP", "D", "m", "p"}
+# The integer arguments' values at paper shapes (batch 512: B·P = 5120 rows; MCR m = 512 or 4608
+# rows, 256 per split). Triton's JIT marks an int that is a multiple of 16, and a 16-byte-aligned
+# pointer, divisible by 16; only with these marks does it vectorise and pipeline the loads
+# (cp.async), which changes the registers a kernel needs (the conv's weight-gradient kernel: 254
+# without, 166 with).
+PAPER_INTS = dict(BP=5120, C=457, T=100, D=768, N=9, P=5, L=20, m=512, p=128, rows_per_split=256)
 
 
 def _jit_attrs(fn, sig):
     """The divisibility marks the JIT would give `fn`'s arguments at paper shapes."""
     return {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
-            for a, ty in sig.items() if ty.startswith("*") or a in PAPER_MULTIPLES_OF_16}
+            for a, ty in sig.items() if ty.startswith("*") or PAPER_INTS.get(a, 1) % 16 == 0}
 
 
 def compile_check(dtype=None, sweep=False):
@@ -260,69 +274,85 @@ def compile_check(dtype=None, sweep=False):
                   f"{_ptxas_usage(k.asm['ptx'])}, {piped}", flush=True)
 
 
-def sweep_conv(dtype, iters, device="cuda", shape=None):
-    """The tokenizer conv at every tile variant of conv_sweep -> [(label, output error, weight-grad
-    error, bench_conv's [(case, result)] for fwd and fwd+bwd)]. The errors are max |Triton −
-    reference| / max |reference| on 4 crops, so that a fast but wrong variant shows."""
+def sweep_conv(dtype, iters, device="cuda", shape=None, rows=None):
+    """The tokenizer conv at every tile variant of conv_sweep -> `rows` (appended to as each variant
+    finishes, so a caller stopped by a deadline keeps the finished ones): [(label, {output, weight,
+    bias: error}, bench_conv's [(case, result)] for fwd and fwd+bwd)]; the reference is timed with
+    the first variant only. Errors are max |Triton − reference| / max |reference| on 29 crops (a
+    ragged last row tile at 32, 64 and 128 rows) under a random upstream gradient, so that a fast
+    but wrong variant shows."""
     from kernels.composed import grouped_conv_gelu_mean_reference
     from kernels.tokenizer_conv import grouped_conv_gelu_mean_triton
     sh = {**PAPER_CONV, **(shape or {})}
     counts = sh["counts"] or network_counts()
-    offsets = tuple(int(sum(counts[:i])) for i in range(len(counts) + 1))
-    C, K, D = sum(counts), sh["K"], sh["D"]
-    x = torch.randn(4, C, sh["T"], device=device, dtype=dtype)                 # 4 crops: a check, not a timing
-    w = (torch.randn(C, K, D, device=device) / (K * max(counts)) ** 0.5).to(dtype).requires_grad_()
-    b = torch.randn(len(counts), D, device=device, dtype=dtype)
+    (x, w, b), offsets = conv_inputs(29, counts, sh["T"], sh["K"], sh["D"], dtype, device, grad_x=False)
+    g = torch.randn(29, len(counts), sh["T"] // sh["L"], sh["D"], device=device, dtype=dtype)
 
-    def out_and_grad(f):
+    def out_and_grads(f):
         y = f(x, w, b, offsets, sh["L"])
-        return y.float(), torch.autograd.grad(y, w, torch.ones_like(y))[0].float()
+        return [t.float() for t in (y, *torch.autograd.grad(y, (w, b), g))]
 
-    ref = out_and_grad(grouped_conv_gelu_mean_reference)
-    rows = []
-    for label, blocks in conv_sweep():
-        got = out_and_grad(lambda *a: grouped_conv_gelu_mean_triton(*a, blocks=blocks))
-        err = [((g - r).abs().max() / r.abs().max()).item() for g, r in zip(got, ref)]
-        print(f"tiles {label}: max |Triton - reference| / max |reference|: output {err[0]:.1e}, "
-              f"weight grad {err[1]:.1e}", flush=True)
-        rows.append((label, *err, bench_conv(dtype, iters, False, blocks, device=device, shape=shape)))
+    ref = out_and_grads(grouped_conv_gelu_mean_reference)
+    rows = [] if rows is None else rows
+    for i, (label, blocks) in enumerate(conv_sweep()):
+        got = out_and_grads(lambda *a: grouped_conv_gelu_mean_triton(*a, blocks=blocks))
+        err = {k: ((u - r).abs().max() / r.abs().max()).item() for k, u, r in zip(("output", "weight", "bias"), got, ref)}
+        print(f"tiles {label}: max |Triton - reference| / max |reference|: "
+              + ", ".join(f"{k} {e:.1e}" for k, e in err.items()), flush=True)
+        rows.append((label, err, bench_conv(dtype, iters, False, blocks, device=device, shape=shape, reference=i == 0)))
     return rows
 
 
 def sweep_table(rows, tol):
-    """sweep_conv's rows -> (Markdown table with the fastest fwd+bwd variant named, whether any
-    variant's error exceeds `tol`)."""
+    """sweep_conv's rows -> (Markdown table naming the fastest right variant, whether any variant is
+    wrong: an error above `tol` or no Triton time). The reference's times are the first row's."""
     nan = (float("nan"), 0)
-    lines = ["| tiles | fwd ms (ref / Triton) | fwd+bwd ms (ref / Triton) | fwd+bwd speed-up | "
-             "error output / weight grad |", "|---|---|---|---|---|"]
-    wrong = False
-    for label, out_err, grad_err, cases in rows:
-        (rf, _), (tf, _) = cases[0][1].get("ref", nan), cases[0][1].get("triton", nan)
-        (rb, _), (tb, _) = cases[1][1].get("ref", nan), cases[1][1].get("triton", nan)
-        bad = not (out_err <= tol and grad_err <= tol)
+    ref = [res.get("ref", nan)[0] for _, res in rows[0][2]] if rows else [float("nan")] * 2
+    lines = ["| tiles | fwd ms (Triton) | fwd+bwd ms (Triton) | fwd+bwd speed-up | error output / weight / bias |",
+             "|---|---|---|---|---|", f"| (reference) | {ref[0]:.2f} | {ref[1]:.2f} | | |"]
+    good, wrong = [], False
+    for label, err, cases in rows:
+        tf, tb = (res.get("triton", nan)[0] for _, res in cases)
+        bad = not (max(err.values()) <= tol and tb == tb)          # NaN time: the variant failed to run
         wrong |= bad
-        lines.append(f"| {label} | {rf:.2f} / {tf:.2f} | {rb:.2f} / {tb:.2f} | {rb / tb:.2f}× | "
-                     f"{out_err:.1e} / {grad_err:.1e}{' **WRONG**' if bad else ''} |")
-    best = min(rows, key=lambda r: r[3][1][1].get("triton", nan)[0])
-    lines += ["", f"Fastest fwd+bwd: tiles {best[0]} (the default is kernels.tokenizer_conv.ConvBlocks()). "
-              f"Errors: max |Triton − reference| / max |reference| on 4 crops (allowed: {tol:g})."]
+        if not bad:
+            good.append((tb, label))
+        lines.append(f"| {label} | {tf:.2f} | {tb:.2f} | {ref[1] / tb:.2f}× | "
+                     + " / ".join(f"{e:.1e}" for e in err.values()) + (" **WRONG**" if bad else "") + " |")
+    best = f"tiles {min(good)[1]}" if good else "none (no variant ran right)"
+    lines += ["", f"Fastest right fwd+bwd: {best} (the default is kernels.tokenizer_conv.ConvBlocks()). Errors: "
+              f"max |Triton − reference| / max |reference| (allowed: {tol:g}); no Triton time counts as wrong."]
     return "\n".join(lines) + "\n", wrong
 
 
-def main():
+def _conv_blocks(text):
+    """argparse type of --conv-blocks: "rows=128,d=128" -> ConvBlocks with those fields changed."""
+    from kernels.tokenizer_conv import ConvBlocks
+    fields = [f.name for f in dataclasses.fields(ConvBlocks)]
+    try:
+        changes = {k.strip(): int(v) for k, v in (kv.split("=") for kv in text.split(",") if kv.strip())}
+    except ValueError:
+        changes = None
+    if changes is None or any(k not in fields for k in changes) or any(v < 1 for v in changes.values()):
+        raise argparse.ArgumentTypeError(f"{text!r}: give field=positive integer pairs, comma-separated, "
+                                         f"fields from {', '.join(fields)}")
+    return dataclasses.replace(ConvBlocks(), **changes)
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), help="default fp32 (--compile-check: all)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (reference and kernels alike)")
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--iters", type=positive_int, default=20)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
     ap.add_argument("--only", choices=("conv", "mcr"), help="run one kernel's cases")
-    ap.add_argument("--conv-blocks", default="", metavar="rows=128,d=128",
+    ap.add_argument("--conv-blocks", default=None, type=_conv_blocks, metavar="rows=128,d=128",
                     help="override tokenizer-conv tiles (fields of kernels.tokenizer_conv.ConvBlocks)")
     ap.add_argument("--sweep", action="store_true",
                     help="time the tokenizer conv at each tile variant of conv_sweep (with --compile-check: "
                          "compile each)")
     ap.add_argument("--compile-check", action="store_true", help="compile all kernels for sm_90 and exit")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.compile_check:
         return compile_check(args.dtype, args.sweep)
     if not torch.cuda.is_available():
@@ -338,8 +368,7 @@ def main():
         print(sweep_table(rows, tol=2e-2 if dtype == torch.bfloat16 else 1e-3)[0])
         return
     if args.only in (None, "conv"):
-        from kernels.tokenizer_conv import ConvBlocks
-        blocks = ConvBlocks(**{k: int(v) for k, v in (kv.split("=") for kv in args.conv_blocks.split(",") if kv)})
+        blocks = args.conv_blocks or _conv_blocks("")
         print(f"tokenizer-conv tiles: {blocks}")
         bench_conv(dtype, args.iters, not args.no_compile, blocks)
     if args.only in (None, "mcr"):

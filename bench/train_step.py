@@ -32,7 +32,7 @@ sys.path.insert(0, REPO)
 import networks  # noqa: E402
 from bench.report import (add_common_args, device_columns, emit, medians_row,  # noqa: E402
                           positive_int, random_scans, setup)
-from runtime import keep_freed_memory  # noqa: E402
+import runtime  # noqa: E402
 from scans import TrainBatches  # noqa: E402
 from train import encoder_config, resolve_config  # noqa: E402
 from trainer import LogWindow, Trainer  # noqa: E402
@@ -130,9 +130,7 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="print the torch.profiler table of one step")
     args = ap.parse_args(argv)
     device = setup(args)
-    if device.type == "cpu" and not args.default_malloc:
-        keep_freed_memory()
-    torch.set_flush_denormal(True)   # as train.py (runtime.tune_cpu)
+    runtime.tune_cpu(device, keep_memory=not args.default_malloc)    # as train.py
     scans = random_scans(2 * args.batch_size)
     trainers = {p: make_trainer(args.preset, args.batch_size, device, p, args.compile, scans=scans)
                 for p in args.precision}

@@ -231,9 +231,8 @@ class ConvBlocks:
     chosen so that ptxas (sm_90) reports no register spills for bf16 and tf32 and at most a few
     dozen bytes for fp32-ieee; they are not tuned by measurement yet: `bench/gpu_check.py` times
     the variants of `bench/kernels.py`'s conv_sweep, and `bench/kernels.py --compile-check --sweep`
-    prints their registers (the default's forward and weight-gradient kernels hold 164 and 166 per
-    thread at 8 warps: one block per SM). Tests and the CPU interpreter use larger tiles: there the
-    cost is per program and per op."""
+    prints their registers (BENCHMARKS.md). Tests and the CPU interpreter use larger tiles: there
+    the cost is per program and per op."""
     rows: int = 64       # BLOCK_ROWS of the forward: (b, p) rows per program (tl.dot M)
     rows_b: int = 32     # BLOCK_ROWS of the three backward kernels (more live tiles there)
     d: int = 128         # BLOCK_D: output channels per program / per reduction step of grad_x

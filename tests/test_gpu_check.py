@@ -59,6 +59,9 @@ def test_unknown_stage_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as e:
         gpu_check.main(["--dry-run", "--stages", "step,bogus"])
     assert e.value.code == 2 and "unknown stage(s) ['bogus']; choose from parity, kernels" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--dry-run", "--stages", ","])
+    assert e.value.code == 2 and "--stages names no stage; choose from parity, kernels" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

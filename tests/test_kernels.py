@@ -20,7 +20,7 @@ pytest.importorskip("triton")
 
 import kernels  # noqa: E402
 import losses  # noqa: E402
-from bench.kernels import conv_sweep, network_counts, sweep_conv  # noqa: E402
+from bench.kernels import conv_inputs, conv_sweep, network_counts, sweep_conv, sweep_table  # noqa: E402
 from kernels import coding_rate, factored  # noqa: E402
 from kernels.coding_rate import McrBlocks, mcr_loss_triton  # noqa: E402
 from kernels.composed import grouped_conv_gelu_mean_reference  # noqa: E402
@@ -32,16 +32,6 @@ from tokenizer import SemanticTokenizer  # noqa: E402
 # (tiles over (ROI, tap), time, rows), so they agree to a few ulp of the largest partial sums.
 FP32 = dict(rtol=1e-4, atol=1e-5)
 PAPER_COUNTS = network_counts()                         # R_n of the SPEC §2 457-ROI map (networks.py)
-
-
-def conv_inputs(B, counts, T, K, D, dtype=torch.float32, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    C, N = sum(counts), len(counts)
-    x = torch.randn(B, C, T, generator=g)
-    w = torch.randn(C, K, D, generator=g) / (K * max(counts)) ** 0.5   # pre-activations O(1)
-    b = torch.randn(N, D, generator=g)
-    offsets = tuple(np.concatenate([[0], np.cumsum(counts)]).tolist())
-    return [t.to(device=device, dtype=dtype).requires_grad_() for t in (x, w, b)], offsets
 
 
 def conv_parity(B, counts, T, L, K, D, blocks=None, tol=FP32):
@@ -130,6 +120,7 @@ def test_conv_under_autocast_matches_reference_dtype_and_values():
     (dict(offsets=(0, 3, 2, 5)), "offsets must rise from 0 to C=5"),
     (dict(bias=torch.zeros(3, 8)), r"bias must be \(N, D\) = \(2, 8\)"),
     (dict(patch_len=3), "crop length 8 is not a multiple of the patch length 3"),
+    (dict(bias=torch.zeros(2, 8, device="meta")), "x, weight, bias on different devices: cpu, cpu, meta"),
 ])
 def test_conv_bad_input_raises(args, match):
     kw = dict(x=torch.zeros(2, 5, 8), weight=torch.zeros(5, 16, 8), bias=torch.zeros(2, 8), offsets=(0, 2, 5),
@@ -211,6 +202,7 @@ def test_mcr_teacher_gets_no_grad():
     ([torch.zeros(4, 8)] * 2, [torch.zeros(4, 8), torch.zeros(5, 8)], "one \\(m, p\\) shape"),
     ([torch.zeros(4, 8, 1)] * 2, [torch.zeros(4, 8, 1)] * 2, "one \\(m, p\\) shape"),
     ([torch.zeros(0, 8)] * 2, [torch.zeros(0, 8)] * 2, "at least one row"),
+    ([torch.zeros(4, 8)] * 2, [torch.zeros(4, 8), torch.zeros(4, 8, device="meta")], "on different devices"),
 ])
 def test_mcr_bad_views_raise(student, teacher, match):
     with pytest.raises(ValueError, match=match):
@@ -298,15 +290,30 @@ def test_semantic_tokenizer_same_with_and_without_kernels():
 @pytest.mark.slow
 def test_tile_sweep_checks_every_variant_against_the_reference(capsys):
     """bench/kernels.py --sweep and gpu_check's tiles stage: every tile variant is checked against the
-    reference (output and weight gradient) and timed forward and fwd+bwd (tiny shapes, interpreter)."""
+    reference (output, weight and bias gradients) and timed forward and fwd+bwd, the reference once
+    (tiny shapes, interpreter)."""
     with kernels.enabled(True):
         rows = sweep_conv(torch.float32, 1, device="cpu", shape=dict(B=1, counts=(3, 2), T=20, D=8))
     assert [r[0] for r in rows] == [label for label, _ in conv_sweep()]
-    assert all(out_err < 1e-5 and grad_err < 1e-5 for _, out_err, grad_err, _ in rows), rows
-    for *_, cases in rows:
+    assert all(err.keys() == {"output", "weight", "bias"} and max(err.values()) < 1e-5 for _, err, _ in rows), rows
+    for i, (_, _, cases) in enumerate(rows):
         assert [case.split()[1] for case, _ in cases] == ["fwd", "fwd+bwd"]
-        assert all({"ref", "triton"} <= res.keys() for _, res in cases)
-    assert capsys.readouterr().out.count("weight grad") == len(rows)
+        assert all(res.keys() == ({"ref", "triton"} if i == 0 else {"triton"}) for _, res in cases)
+    assert capsys.readouterr().out.count("bias") == len(rows)
+
+
+def test_sweep_table_names_the_fastest_right_variant_and_flags_the_wrong_ones():
+    def row(label, err, fwd, fwd_bwd, ref=None):
+        cases = [(f"conv {p}", {"triton": (t, 0), **({"ref": (r, 0)} if ref else {})})
+                 for p, t, r in zip(("fwd", "fwd+bwd"), (fwd, fwd_bwd), ref or (None, None))]
+        return label, {"output": err, "weight": err, "bias": err}, cases
+    ok = [row("default", 1e-3, 5.0, 20.0, ref=(10.0, 20.0)), row("d=64", 1e-3, 4.0, 15.0)]
+    md, wrong = sweep_table(ok + [row("fast but wrong", 0.5, 1.0, 2.0)], tol=2e-2)
+    assert wrong and "Fastest right fwd+bwd: tiles d=64" in md and "| fast but wrong | 1.00 | 2.00 | 10.00× |" in md
+    md, wrong = sweep_table(ok + [row("did not run", 1e-3, float("nan"), float("nan"))], tol=2e-2)
+    assert wrong and "tiles d=64" in md and "| (reference) | 10.00 | 20.00 |" in md
+    md, wrong = sweep_table(ok, tol=2e-2)
+    assert not wrong and "| d=64 | 4.00 | 15.00 | 1.33× |" in md
 
 
 # ---------------------------------------------------------------------------------------------

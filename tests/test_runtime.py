@@ -142,12 +142,22 @@ def test_bench_cli_rejects_unknown_precision(capsys):
 @pytest.mark.parametrize("script, argv", [("attention", ["--crops", "0"]), ("attention", ["--repeats", "-1"]),
                                           ("probe", ["--scans", "x"]), ("train_step", ["--steps", "0"]),
                                           ("train_step", ["--threads", "0"]), ("coupling", ["--scans", "0"]),
-                                          ("cohort", ["--repeats", "0"]), ("cohort", ["--n-probe", "-3"])])
+                                          ("cohort", ["--repeats", "0"]), ("cohort", ["--n-probe", "-3"]),
+                                          ("kernels", ["--iters", "0"])])
 def test_bench_cli_rejects_counts_below_one(capsys, script, argv):
     import importlib
     with pytest.raises(SystemExit) as e:
         importlib.import_module(f"bench.{script}").main(argv)
     assert e.value.code == 2 and "is not a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["rows=x", "rows", "foo=1", "d=0"])
+def test_kernel_bench_rejects_bad_tiles(capsys, value):
+    from bench import kernels as bench_kernels
+    with pytest.raises(SystemExit) as e:
+        bench_kernels.main(["--conv-blocks", value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "give field=positive integer pairs" in err and "fields from rows, rows_b, d" in err
 
 
 def test_attention_bench_times_every_form_per_precision(capsys):
