@@ -95,6 +95,15 @@ class Scans:
         return out
 
 
+def check_no_data_options(given, cohort):
+    """Options that describe --data (--subjects, --tr, --layout), given without --data: an error
+    naming the built-in `cohort` they would otherwise be applied to. given: the flags set, e.g. {"--tr"}."""
+    for flag, why in (("--subjects", "carries its own ids"), ("--tr", "is at TR 2.0 s already"),
+                      ("--layout", "is stored (scans, ROIs, time)")):
+        if flag in given:
+            raise ValueError(f"{flag} describes --data; {cohort} {why}")
+
+
 def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans:
     """Load a dataset of parcellated scans.
 

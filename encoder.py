@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tokenizer import INITS, SemanticTokenizer
+from tokenizer import SemanticTokenizer
 
 
 @dataclass
@@ -76,11 +76,10 @@ def softmax_attention(q, k, v):
 
 def attention(q, k, v):
     """softmax_attention, computed by PyTorch's fused scaled_dot_product_attention except in bf16 on
-    a CPU. There, with 46 tokens, the fused kernel is overhead-bound and its backward slow: at paper
-    size (64 crops, 12 heads), 2 threads of a Zen 4, the written-out form takes 5.5 ms forward and
-    13.6 ms fwd+bwd, the fused kernel 10.8 and 76.5 in bf16, 10.4 and 30.1 on fp32 casts (the former
-    path). In fp32 the fused kernel is the faster one on the CPU (8.3 and 33.6 against 10.1 and 40.2
-    written out; bench/attention.py, BENCHMARKS.md); on a GPU it is flash attention."""
+    a CPU. There, with 46 tokens, the fused kernel is overhead-bound and its bf16 backward slow: the
+    written-out form is about 2x faster forward and over 2x fwd+bwd than the fused kernel even on
+    fp32 casts (the former path); in fp32 the fused kernel is the faster one. Measured with
+    bench/attention.py (BENCHMARKS.md, "bf16 on the CPU"); on a GPU it is flash attention."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         return softmax_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
@@ -108,8 +107,6 @@ class Encoder(nn.Module):
         super().__init__()
         if config.crop_len % config.patch_len:
             raise ValueError(f"crop_len {config.crop_len} is not a multiple of patch_len {config.patch_len}")
-        if config.init not in INITS:
-            raise ValueError(f"unknown init {config.init!r}; choose one of {INITS}")
         self.config = config
         D = config.dim
         self.tokenizer = SemanticTokenizer(network_map, D, config.patch_len, config.n_scales, config.init)

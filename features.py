@@ -67,11 +67,9 @@ def check_data_arguments(args):
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
     if args.data is None:   # the synthetic cohort is at 2.0 s, (S, C, T), with its own ids: say so, never apply
-        for flag, given, why in (("--subjects", args.subjects is not None, "carries its own ids"),
-                                 ("--tr", args.tr is not None, "is at TR 2.0 s already"),
-                                 ("--layout", args.layout != "SCT", "is stored (scans, ROIs, time)")):
-            if given:
-                raise ValueError(f"{flag} describes --data; the synthetic probe cohort {why}")
+        given = {flag for flag, set_ in (("--subjects", args.subjects is not None), ("--tr", args.tr is not None),
+                                         ("--layout", args.layout != "SCT")) if set_}
+        data.check_no_data_options(given, "the synthetic probe cohort")
 
 
 def load_model(ckpt, networks_spec="default"):

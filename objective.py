@@ -15,6 +15,7 @@ import warnings
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401 -- _gather's differentiable all_gather lives there
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -43,8 +43,10 @@ import networks
 import runtime
 import synthetic
 from encoder import EncoderConfig
+from objective import WEIGHT_DECAY_POLICIES
 from scans import TrainBatches, group_fc
 from monitor import plot_curves, separation_crops, separation_line, subject_separation, warmup_warning
+from tokenizer import INITS
 from trainer import NonFiniteLoss, RunFiles, Trainer, train_loop
 
 PRESET_TRAINING = {  # training defaults a preset brings along (anything given on the command line wins)
@@ -142,7 +144,7 @@ def _model_options(g):
     g.add_argument("--depth", type=int, help="Number of transformer blocks, instead of the preset's.")
     g.add_argument("--heads", type=int, help="Attention heads, instead of the preset's (D must be a multiple of them).")
     g.add_argument("--proj-hidden", type=int, help="Hidden width of the projection head, instead of 1024 (SPEC §6).")
-    g.add_argument("--init", type=str, help=f"""Initialisation: authors (as the published run) or dino
+    g.add_argument("--init", type=str, choices=list(INITS), help=f"""Initialisation: authors (as the published run) or dino
         (trunc-normal(0.02) Linears, zero biases). (default: {TrainConfig.init})""")
 
 
@@ -162,7 +164,7 @@ def _optimisation_options(g):
                    f"(default: {TrainConfig.weight_decay})")
     g.add_argument("--weight-decay-end", type=float,
                    help=f"Weight decay at the last step. (default: {TrainConfig.weight_decay_end})")
-    g.add_argument("--weight-decay-params", type=str, help=f"""Which parameters are decayed: all (every one, as the
+    g.add_argument("--weight-decay-params", type=str, choices=list(WEIGHT_DECAY_POLICIES), help=f"""Which parameters are decayed: all (every one, as the
         published run) or dino (not biases, norms, embeddings). (default: {TrainConfig.weight_decay_params})""")
     g.add_argument("--ema-momentum", type=float, help=f"""Teacher momentum at step 0, cosine up to 1 at the end. A
         short run needs a lower one (demo preset 0.9), else the teacher stays near its random init.
@@ -218,15 +220,31 @@ def resolve_config(given: dict) -> TrainConfig:
     for k, v in PRESET_TRAINING[cfg.preset].items():
         if k not in given and not (k == "steps" and "epochs" in given):
             setattr(cfg, k, v)
+    if cfg.data is None:   # never applied to the synthetic cohort
+        data.check_no_data_options({f"--{k}" for k in ("tr", "layout") if k in given}, "the synthetic cohort")
     if cfg.out is None:
         cfg.out = os.path.join("runs", cfg.preset)
-    for k, lo, hi in (("batch_size", 1, None), ("epochs", 1, None), ("steps", 1, None), ("log_every", 1, None),
-                      ("ckpt_every", 1, None), ("eval_scans", 0, None), ("mask_prob", 0, 1)):  # else a crash, or worse
-        v = getattr(cfg, k)
-        if v is not None and (v < lo or (hi is not None and v > hi)):
-            want = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-            raise ValueError(f"--{k.replace('_', '-')} must be {want} (got {v})")
+    _check_ranges(cfg)
     return cfg
+
+
+# (field, lowest, highest or None, lowest excluded): outside them a run crashes, misleads or silently
+# does something else (--heads 0: ZeroDivisionError; --ema-momentum 2: a teacher moving away from the student)
+RANGES = [*((k, 1, None, False) for k in ("batch_size", "epochs", "steps", "log_every", "ckpt_every", "dim", "depth",
+                                          "heads", "proj_hidden")),
+          *((k, 0, None, False) for k in ("eval_scans", "warmup_epochs", "ttr_epochs", "ttr_weight", "tok_weight",
+                                          "weight_decay", "weight_decay_end")),
+          *((k, 0, None, True) for k in ("lr", "eps", "clip_grad")),
+          ("mask_prob", 0, 1, False), ("ema_momentum", 0, 1, False)]
+
+
+def _check_ranges(cfg):
+    for k, lo, hi, strict in RANGES:
+        v = getattr(cfg, k)
+        if v is not None and (v < lo or (strict and v == lo) or (hi is not None and v > hi)):
+            want = (f"between {lo} and {hi}" if hi is not None else f"greater than {lo}" if strict
+                    else f"at least {lo}")
+            raise ValueError(f"--{k.replace('_', '-')} must be {want} (got {v})")
 
 
 def encoder_config(cfg: TrainConfig) -> EncoderConfig:

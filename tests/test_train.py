@@ -276,6 +276,19 @@ def _series(S=4, C=40, T=120, seed=0):
     return np.random.default_rng(seed).standard_normal((S, C, T)).astype(np.float32)
 
 
+@pytest.mark.parametrize("flag, value", [("--init", "xavier"), ("--weight-decay-params", "some")])
+def test_unknown_choices_stop_before_any_data_is_read(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.build_parser().parse_args([flag, value])
+    assert e.value.code == 2 and f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--tr", "0.72"), ("--layout", "STC")])
+def test_data_options_without_data_are_an_error_not_applied_to_the_synthetic_cohort(flag, value, tmp_path, capsys):
+    code, _, err = run_main([flag, value, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and f"{flag} describes --data; the synthetic cohort" in err
+
+
 @pytest.mark.parametrize("case, match", [
     ("missing", "no such file"),
     ("ndim", "expected a 3-D array"),
@@ -294,6 +307,11 @@ def _series(S=4, C=40, T=120, seed=0):
     ("--eval-scans -1", r"--eval-scans must be at least 0 \(got -1\)"),
     ("--mask-prob 2", r"--mask-prob must be between 0 and 1 \(got 2.0\)"),
     ("--mask-prob -0.1", r"--mask-prob must be between 0 and 1 \(got -0.1\)"),
+    ("--heads 0", r"--heads must be at least 1 \(got 0\)"), ("--depth 0", r"--depth must be at least 1 \(got 0\)"),
+    ("--ema-momentum 2", r"--ema-momentum must be between 0 and 1 \(got 2.0\)"),
+    ("--warmup-epochs -50", r"--warmup-epochs must be at least 0 \(got -50.0\)"),
+    ("--eps -1", r"--eps must be greater than 0 \(got -1.0\)"), ("--lr 0", r"--lr must be greater than 0 \(got 0.0\)"),
+    ("--clip-grad 0", r"--clip-grad must be greater than 0 \(got 0.0\)"),
 ])
 def test_bad_inputs_give_clear_cli_errors(case, match, small, tmp_path, capsys):
     x = _series()
