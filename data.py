@@ -195,6 +195,13 @@ def _check_n_rois(C, n_rois, where):
                          "must use the atlas (ROI set and order) the model was pretrained on")
 
 
+def _check_float(arr, where):
+    """An .npy's values must be floats (an int or complex array would be cast, or its imaginary part
+    dropped, without a word)."""
+    if arr.dtype not in (np.float16, np.float32, np.float64):
+        raise ValueError(f"{where}: expected float16/float32/float64 values, got dtype {arr.dtype}")
+
+
 def _load_array(path, layout, tr, n_rois):
     if path.suffix != ".npy":
         raise ValueError(f"{path}: expected an .npy file (S, C, T), an .h5 file in the authors' layout, "
@@ -206,8 +213,7 @@ def _load_array(path, layout, tr, n_rois):
     if arr.ndim != 3:
         raise ValueError(f"{path}: expected a 3-D array (scans, ROIs, time) "
                          f"{'(layout STC: scans, time, ROIs) ' if layout == 'STC' else ''}got shape {arr.shape}")
-    if arr.dtype not in (np.float16, np.float32, np.float64):
-        raise ValueError(f"{path}: expected float16/float32 values, got dtype {arr.dtype}")
+    _check_float(arr, path)
     if 0 in arr.shape:   # else an IndexError or numpy's argmax error from deep inside the checks
         axes = ("scans", "time points", "ROIs") if layout == "STC" else ("scans", "ROIs", "time points")
         raise ValueError(f"{path}: shape {arr.shape} ({', '.join(axes)}) holds no {axes[arr.shape.index(0)]}")
@@ -273,6 +279,7 @@ def _load_folder(folder, tr, n_expected):
             except Exception as e:
                 raise ValueError(f"{f.name}: cannot read as .npy ({e})") from None
             names = None
+            _check_float(x, f.name)
             if x.ndim != 2:
                 raise ValueError(f"{f.name}: expected a 2-D array (time, ROIs) per file, got shape {x.shape}")
         else:

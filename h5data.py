@@ -99,6 +99,10 @@ def _atlases(f, path):
         if (d.shape[0], d.shape[2]) != (sets[0].shape[0], sets[0].shape[2]):
             raise ValueError(f"{path}: timeseries/{a} has shape {d.shape} but timeseries/{ATLASES[0]} has "
                              f"{sets[0].shape}; all atlases need the same scans and time points")
+    S, _, T = sets[0].shape
+    if S == 0 or T == 0:
+        raise ValueError(f"{path}: timeseries/{ATLASES[0]} has shape {sets[0].shape}: no "
+                         f"{'scans' if S == 0 else 'time points'}")
     return sets
 
 
@@ -130,16 +134,17 @@ def _per_scan(f, name, S, path):
 
 
 def _subject_ids(f, S, path, need_ids):
-    """long_subject_id as one str per scan ([] when absent and not needed); a missing or NaN id is an
-    error when the ids are needed (a None subject would silently merge scans)."""
+    """long_subject_id as one str per scan; [] when not needed (--subjects gives them), so a bad
+    long_subject_id is only an error when it is used. A missing or NaN id is an error then (a None
+    subject would silently merge scans)."""
+    if not need_ids:
+        return []
     ids = _per_scan(f, "long_subject_id", S, path)
     if ids is None:
-        if need_ids:
-            raise ValueError(f"{path}: no 'long_subject_id' dataset (one subject id per scan); add one, or pass "
-                             f"the ids as a text file (--subjects, one per line)")
-        return []
+        raise ValueError(f"{path}: no 'long_subject_id' dataset (one subject id per scan); add one, or pass "
+                         f"the ids as a text file (--subjects, one per line)")
     subjects = [_as_text(v) for v in ids]
-    if need_ids and None in subjects:
+    if None in subjects:
         i = subjects.index(None)
         raise ValueError(f"{path}: 'long_subject_id' of scan {i} is {ids[i]}, not an id; every scan needs its "
                          f"subject's id (or pass the ids as a text file, --subjects)")
@@ -178,7 +183,7 @@ def _as_text(v):
 def load_h5(path, tr=None, n_rois=None, need_ids=True) -> data.Scans:
     """An .h5 file in the authors' layout -> data.Scans whose data is an H5Array (or, with tr, the
     resampled scans in RAM). n_rois: the network map's length, checked. need_ids: require
-    long_subject_id (False when the caller supplies the ids)."""
+    long_subject_id (False when the caller supplies the ids: it is then not read)."""
     path = Path(path)
     f = _open(path)
     try:

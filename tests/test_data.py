@@ -126,7 +126,7 @@ def test_missing_paths(tmp_path):
 def test_wrong_ndim_dtype_layout_and_tr(tmp_path):
     with pytest.raises(ValueError, match=r"expected a 3-D array \(scans, ROIs, time\) .*got shape \(5, 30\)"):
         data.load_scans(save(tmp_path, np.zeros((5, 30), np.float32)))
-    with pytest.raises(ValueError, match="expected float16/float32 values, got dtype int64"):
+    with pytest.raises(ValueError, match="expected float16/float32/float64 values, got dtype int64"):
         data.load_scans(save(tmp_path, np.zeros((2, 3, 30), np.int64)))
     with pytest.raises(ValueError, match="layout must be 'SCT'"):
         data.load_scans(save(tmp_path, padded([30])), layout="CTS")
@@ -203,6 +203,11 @@ def test_folder_errors(tmp_path):
     np.save(g / "sub-01.npy", np.ones((2, 30, 5), np.float32))
     with pytest.raises(ValueError, match=r"sub-01.npy: expected a 2-D array \(time, ROIs\)"):
         data.load_scans(g)
+    for dtype in (np.complex64, np.int32, "U3"):   # once cast, truncated or a numpy traceback without a file name
+        np.save(g / "sub-01.npy", np.ones((30, 5)).astype(dtype))
+        with pytest.raises(ValueError, match=f"sub-01.npy: expected float16/float32/float64 values, got dtype "
+                                             f"{np.dtype(dtype)}"):
+            data.load_scans(g)
     h = tmp_path / "h"
     h.mkdir()
     (h / "sub-01.csv").write_text("a,b\n1,2\n3,x\n")

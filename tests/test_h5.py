@@ -190,6 +190,7 @@ def test_errors(h5, tmp_path):
     write_authors_h5(q, ids=IDS[:5])
     with pytest.raises(ValueError, match=r"'long_subject_id' has shape \(5,\) but the file has 6 scans"):
         data.load_scans(q)
+    assert data.load_scans(q, subjects=list("abcdef")).subjects == list("abcdef")   # ids given: the file's unused
     q = tmp_path / "no_ids.h5"
     write_authors_h5(q, ids=False)
     with pytest.raises(ValueError, match="no 'long_subject_id' dataset .* pass .*--subjects"):
@@ -228,7 +229,7 @@ def test_errors_in_ids_and_ts_len(tmp_path):
             f.create_group(name)
         with pytest.raises(ValueError, match=f"'{name}' is a group; it must be a dataset of exactly one value per "
                                              f"scan, in scan order"):
-            data.load_scans(q, subjects=list("aabbcc"))
+            data.load_scans(q, subjects=None if name == "long_subject_id" else list("aabbcc"))
 
 
 def test_errors_in_the_series(tmp_path):
@@ -252,3 +253,12 @@ def test_errors_in_the_series(tmp_path):
     write_authors_h5(q, lengths=[130, 0, 60])
     with pytest.raises(ValueError, match="scan 1 is all NaN"):
         data.load_scans(q)
+    for shape, what in (((0, 400, 130), "scans"), ((6, 400, 0), "time points")):
+        write_authors_h5(q)
+        with h5py.File(q, "a") as f:
+            for name, C in ATLAS_ROIS.items():
+                del f[f"timeseries/{name}"]
+                f[f"timeseries/{name}"] = np.zeros((shape[0], C, shape[2]), dtype=np.float16)
+        with pytest.raises(ValueError, match=rf"timeseries/schaefer400 has shape \({shape[0]}, 400, {shape[2]}\): "
+                                             rf"no {what}"):
+            data.load_scans(q)
