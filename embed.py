@@ -100,7 +100,7 @@ def run(args):
     out = output_path(args)
     device = str(runtime.resolve_device(args.device))
     encoder, meta = features.load_model(args.ckpt, args.networks)
-    scans, data_path, synthetic, _ = features.load_data(args, len(meta["network_map"]))
+    scans, data_path, synthetic = features.load_data(args, len(meta["network_map"]))
     precision, why = runtime.resolve_precision(args.precision, torch.device(device))
     print(f"Embedding {len(scans)} scans ({scans.n_subjects} subjects) of "
           f"{'the SYNTHETIC probe cohort' if synthetic else data_path}: {args.crops} crops each, "

@@ -81,9 +81,8 @@ def load_model(ckpt, networks_spec="default"):
 
 
 def load_data(args, n_rois):
-    """--data (or, without it, the built-in synthetic probe cohort) -> (scans, data path, synthetic,
-    has_ids). n_rois: the length of the model's network map, which the data must match. has_ids:
-    Scans.ids_from_data (the ids came from file names, X_subjects.txt, --subjects or an .h5)."""
+    """--data (or, without it, the built-in synthetic probe cohort) -> (scans, data path, synthetic).
+    n_rois: the length of the model's network map, which the data must match."""
     synthetic = args.data is None
     if synthetic:
         folder = Path(synth.ensure_synthetic_cohort())
@@ -98,7 +97,7 @@ def load_data(args, n_rois):
         if not synthetic:   # the cohort takes no data options (check_data_arguments): its atlas is the one error
             raise
         raise ValueError(f"{e} (the built-in synthetic cohort has the default 457 ROIs: pass --data)") from None
-    return scans, data_path, synthetic, scans.ids_from_data
+    return scans, data_path, synthetic
 
 
 def crops_per_batch(args, device):

@@ -101,7 +101,7 @@ def scan_labels(header, rows, task, scan_subjects, data_has_ids):
     return [value(r) for r in rows], subjects, notes
 
 
-def task_labels(task, labels_path, scans, has_ids, table=None):
+def task_labels(task, labels_path, scans, table=None):
     """Raw label per scan (None = missing), subject id per scan and notes for `task`: from the labels
     file, or (labels_path None) from the label datasets of the .h5 file the scans came from.
     table: read_labels(labels_path) already read, so that --task all reads the file once."""
@@ -110,7 +110,7 @@ def task_labels(task, labels_path, scans, has_ids, table=None):
         values = read_label(scans.source, task, len(scans))
         return [None if v is None or v.lower() in MISSING else v for v in values], list(scans.subjects), []
     header, rows = table or read_labels(labels_path)
-    return scan_labels(header, rows, task, list(scans.subjects), has_ids)
+    return scan_labels(header, rows, task, list(scans.subjects), scans.ids_from_data)
 
 
 def label_columns(labels_path, scans, table=None):

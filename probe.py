@@ -153,7 +153,6 @@ class Setup:
     scans: "data.Scans"
     data_path: Path
     synthetic: bool
-    has_ids: bool
     labels_path: Path = None          # None: the .h5's own label datasets
     precision: str = "fp32"
     precision_reason: str = ""
@@ -165,19 +164,19 @@ def prepare(args):
     device = str(runtime.resolve_device(args.device))
     ckpt = Path(args.ckpt)
     encoder, meta = features.load_model(ckpt, args.networks)
-    scans, data_path, synthetic, has_ids = features.load_data(args, len(meta["network_map"]))
+    scans, data_path, synthetic = features.load_data(args, len(meta["network_map"]))
     labels_path = (data_path.with_name("probe_labels.csv") if synthetic
                    else Path(args.labels) if args.labels else None)
     precision, why = runtime.resolve_precision(args.precision, device)
-    return Setup(ratios, seeds, baselines, device, ckpt, encoder, meta, scans, data_path, synthetic, has_ids,
-                 labels_path, precision, why)
+    return Setup(ratios, seeds, baselines, device, ckpt, encoder, meta, scans, data_path, synthetic, labels_path,
+                 precision, why)
 
 
 def load_task(setup, name, task_type="auto", bins=None, table=None, continuous_only=False):
     """One label column (or .h5 label dataset) -> a splittable Task. continuous_only (--task all):
     --bins applies only to a column that would otherwise be a regression, and only the task that is
     probed (binned or not) is checked for splittability. table: the labels file, read once."""
-    values, subjects, notes = labels.task_labels(name, setup.labels_path, setup.scans, setup.has_ids, table)
+    values, subjects, notes = labels.task_labels(name, setup.labels_path, setup.scans, table)
     task = labels.make_task(name, values, subjects, task_type, None if continuous_only else bins)
     if continuous_only and bins is not None and task.kind == "regression":
         task = labels.make_task(name, values, subjects, bins=bins)

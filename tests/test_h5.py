@@ -131,17 +131,17 @@ def test_label_datasets(h5, tmp_path):
     p, _ = h5
     sc = data.load_scans(p)
     assert h5data.label_names(p, 6) == ["age", "sex_bi"]
-    values, subjects, notes = labels.task_labels("sex_bi", None, sc, True)
+    values, subjects, notes = labels.task_labels("sex_bi", None, sc)
     assert values == ["0", "0", "1", "1", "0", "0"] and subjects == IDS and notes == []
-    assert labels.task_labels("age", None, sc, True)[0][:2] == ["20", "30"]
+    assert labels.task_labels("age", None, sc)[0][:2] == ["20", "30"]
     q = tmp_path / "nested.h5"
     write_authors_h5(q, **{"labels/sex": np.array([b"M", b"F", b"n/a"] * 2), "labels/iq": np.array([1.5, np.nan] * 3)})
     sq = data.load_scans(q)
-    assert labels.task_labels("labels/sex", None, sq, True)[0] == ["M", "F", None] * 2
-    assert labels.task_labels("labels/iq", None, sq, True)[0] == ["1.5", None] * 3
+    assert labels.task_labels("labels/sex", None, sq)[0] == ["M", "F", None] * 2
+    assert labels.task_labels("labels/iq", None, sq)[0] == ["1.5", None] * 3
     csv = tmp_path / "labels.csv"                                           # --labels wins over the file's own
     csv.write_text("subject,sex_bi\n" + "".join(f"sub-{i:03d},{'MF'[i % 2]}\n" for i in range(3)))
-    assert labels.task_labels("sex_bi", csv, sc, True)[0] == ["M", "M", "F", "F", "M", "M"]
+    assert labels.task_labels("sex_bi", csv, sc)[0] == ["M", "M", "F", "F", "M", "M"]
 
 
 @pytest.fixture(scope="module")
