@@ -8,8 +8,8 @@
 - `file_key(paths, *extra)`: a short hash of each file's resolved path, size and modification time
   (plus `extra`), used as a cache key: it changes when a file is rewritten, without reading it.
 
-No SPEC section: plumbing. Used by checkpoint.py, features.py (the probe feature cache), synthetic.py,
-and data.py and h5data.py (Scans.key).
+No SPEC section: plumbing. Used wherever the pipeline writes a file or keys a cache (grep for
+atomic_write and file_key).
 
     python -c "import fileio; print(fileio.file_key(['fileio.py']))"
 """

@@ -39,9 +39,9 @@ NOT_LABELS = ("timeseries", "long_subject_id", "ts_len")
 class H5Array:
     """The three atlas datasets as one lazily read (S, C, T) array, concatenated along ROIs.
 
-    Serves what data.py asks of Scans.data: `.shape`, `.dtype`, `len()`, and indexing whose first
-    index picks scans (an int, a slice, or an array of indices; further indices apply to the
-    (ROI, time) block read). h5py needs increasing indices, so an index array is sorted and
+    Serves what data.py and scans.py ask of Scans.data: `.shape`, `.dtype`, `len()`, and indexing
+    whose first index picks scans (an int, a slice, or an array of indices; further indices apply to
+    the (ROI, time) block read). No np.asarray: that would read the whole file into RAM. h5py needs increasing indices, so an index array is sorted and
     de-duplicated for the read and the rows are put back in the order asked."""
 
     def __init__(self, file, datasets):
@@ -49,13 +49,9 @@ class H5Array:
         S, _, T = datasets[0].shape
         self.shape = (S, sum(d.shape[1] for d in datasets), T)
         self.dtype = np.result_type(*(d.dtype for d in datasets))
-        self.ndim = 3
 
     def __len__(self):
         return self.shape[0]
-
-    def __array__(self, dtype=None, copy=None):
-        return self[:].astype(dtype or self.dtype, copy=False)   # np.asarray(...): reads every scan
 
     def __getitem__(self, key):
         rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
