@@ -26,6 +26,7 @@ import torch.nn as nn
 import checkpoint
 import runtime
 import seeding
+from fileio import atomic_write
 from masking import slice_mask
 from monitor import collapse_warning
 from objective import build_models, compute_losses, ema_update, param_groups
@@ -215,12 +216,12 @@ class RunFiles:
                         "compile": tr.compiled, "compile_reason": tr.compile_reason}
         if self.rank == 0:
             os.makedirs(self.out, exist_ok=True)
-            with open(os.path.join(self.out, "config.json"), "w") as f:
+            with atomic_write(os.path.join(self.out, "config.json"), "w") as f:
                 json.dump({"train": self.config, "encoder": self.enc_cfg, "runtime": self.machine}, f, indent=2)
 
     def rewrite_log(self):
         if self.rank == 0:
-            with open(self.jsonl, "w") as f:  # rewritten from the checkpoint's log on resume: no duplicate steps
+            with atomic_write(self.jsonl, "w") as f:  # rewritten from the checkpoint's log on resume: no duplicates
                 f.writelines(json.dumps(r) + "\n" for r in self.log)
 
     def add_log(self, rec, eta):
