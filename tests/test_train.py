@@ -310,7 +310,7 @@ def test_data_options_without_data_are_an_error_not_applied_to_the_synthetic_coh
     ("--heads 0", r"--heads must be at least 1 \(got 0\)"), ("--depth 0", r"--depth must be at least 1 \(got 0\)"),
     ("--ema-momentum 2", r"--ema-momentum must be between 0 and 1 \(got 2.0\)"),
     ("--warmup-epochs -50", r"--warmup-epochs must be at least 0 \(got -50.0\)"),
-    ("--eps -1", r"--eps must be greater than 0 \(got -1.0\)"), ("--lr 0", r"--lr must be greater than 0 \(got 0.0\)"),
+    ("--eps -1", r"--eps must be greater than 0 \(got -1.0\)"), ("--lr -1", r"--lr must be at least 0 \(got -1.0\)"),
     ("--clip-grad 0", r"--clip-grad must be greater than 0 \(got 0.0\)"),
 ])
 def test_bad_inputs_give_clear_cli_errors(case, match, small, tmp_path, capsys):
