@@ -4,7 +4,7 @@
     python embed.py --ckpt teacher.pt --data ukb.h5 --out ukb_emb.npy       # the authors' HDF5 layout
     python embed.py --ckpt teacher.pt --data ts/ --tr 0.8 --out emb.csv --per-crop
 
-Every scan gives 8 evenly spaced crops of T' time points (scans.probe_crops: z-scored, no
+Every scan gives 8 evenly spaced crops of T' time points (data/preprocess.probe_crops: z-scored, no
 augmentation); each crop goes through the frozen teacher's `features()`, concat[mean of the N·P
 output tokens, CLS] = 2D values, exactly what probe.py fits its linear probes on (--precision auto:
 bf16 autocast on CUDA and on CPUs with native bf16, else fp32). A scan's embedding is the mean over
@@ -16,8 +16,9 @@ Outputs, for --out X.npy or --out X.csv (default: embeddings_<data name>.npy bes
   X.csv           only for --out X.csv: columns subject[, crop], f0..f{2D-1}; a row per scan (crop)
 
 Data options are probe.py's (--data .npy/folder/.h5, --layout, --tr, --subjects, --networks,
---crops, --batch-size, --device); both scripts take them from features.py, never train.py. Memory:
-the features of all crops are held once, S·n_crops·2D·4 bytes (2 GB for 40k scans at paper size).
+--crops, --batch-size, --device); both scripts take them from evaluation/options.py, never train.py.
+Memory: the features of all crops are held once, S·n_crops·2D·4 bytes (2 GB for 40k scans at paper
+size).
 """
 import argparse
 import csv
@@ -28,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import data
-import features
-import runtime
+from data.load import subjects_path
+from evaluation import features, options
+from machine import runtime
+from machine.cli import cli
+from training import checkpoint
 
 OUT_SUFFIXES = (".npy", ".csv")
 
@@ -41,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--out", help="X.npy or X.csv: writes X.npy, X_subjects.txt (and X.csv) "
                                  "(default: embeddings_<data name>.npy beside the checkpoint)")
     p.add_argument("--per-crop", action="store_true", help="keep every crop's features instead of their mean")
-    features.add_data_arguments(p)
+    options.add_data_arguments(p)
     return p.parse_args(argv)
 
 
@@ -86,7 +89,7 @@ def write_csv(path, feats, subjects, chunk=1024):
 def write_embeddings(out, feats, subjects) -> list:
     """X.npy, X_subjects.txt and, for out = X.csv, the CSV. Returns the paths written."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_name(out.stem + ".npy"), data.subjects_path(out)]
+    paths = [out.with_name(out.stem + ".npy"), subjects_path(out)]
     np.save(paths[0], feats.astype(np.float32, copy=False))
     paths[1].write_text("".join(f"{s}\n" for s in subjects))
     if out.suffix.lower() == ".csv":
@@ -96,17 +99,17 @@ def write_embeddings(out, feats, subjects) -> list:
 
 
 def run(args):
-    features.check_data_arguments(args)
+    options.check_data_arguments(args)
     out = output_path(args)
     device = str(runtime.resolve_device(args.device))
-    encoder, meta = features.load_model(args.ckpt, args.networks)
-    scans, data_path, synthetic = features.load_data(args, len(meta["network_map"]))
+    encoder, meta = checkpoint.load_teacher(args.ckpt, network_map=options.teacher_map(args.networks))
+    scans, data_path, synthetic = options.load_data(args, len(meta["network_map"]))
     precision, why = runtime.resolve_precision(args.precision, torch.device(device))
     print(f"Embedding {len(scans)} scans ({scans.n_subjects} subjects) of "
           f"{'the SYNTHETIC probe cohort' if synthetic else data_path}: {args.crops} crops each, "
           f"{2 * encoder.config.dim} features per crop, on {device}, {precision} ({why})")
     t0 = time.time()
-    feats = features.encoder_features(encoder, scans, args.crops, features.crops_per_batch(args, device), device,
+    feats = features.encoder_features(encoder, scans, args.crops, options.crops_per_batch(args, device), device,
                                       "teacher features", precision)            # (S, K, 2D)
     if not args.per_crop:
         feats = feats.mean(1)                                                   # (S, 2D) mean over crops
@@ -116,7 +119,7 @@ def run(args):
 
 
 def main(argv=None):
-    return features.cli(run, parse_args(argv), "embed.py")
+    return cli(run, parse_args(argv), "embed.py")
 
 
 if __name__ == "__main__":

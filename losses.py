@@ -1,7 +1,12 @@
-"""Projection head and the SimDINO-style self-distillation losses of Brain-Semantoks (SPEC §6-7).
+"""The self-distillation objective of Brain-Semantoks: projection head, losses, EMA teacher (SPEC §6-7).
 
-No softmax, centring or temperature: the student is pulled towards the teacher by a cosine
-(compression) while a coding-rate term keeps the batch of projections spread out (expansion).
+Student and teacher are two `SelfDistillNet`s: the encoder (tokenizer + transformer, encoder.py)
+and the one projection head shared by all three losses. The teacher is a copy of the student that
+gets no gradients and is never masked; after every optimizer step it moves towards the student,
+teacher <- m·teacher + (1 - m)·student (`ema_update`, SPEC §6).
+
+No softmax, centring or temperature (SimDINO style): the student is pulled towards the teacher by a
+cosine (compression) while a coding-rate term keeps the batch of projections spread out (expansion).
 
     R_eps(Z)  = 1/2 logdet(I_p + p/(m eps) Z^T Z)                    Z (m, p), eps = 0.05
     comp      = 1/2 [mean_b cos(t1_b, s2_b) + mean_b cos(t2_b, s1_b)]   (cross-view pairs)
@@ -10,17 +15,25 @@ No softmax, centring or temperature: the student is pulled towards the teacher b
 
 L_CLS = L_MCR on projected CLS tokens; L_TTR = L_MCR on projected per-network token means;
 L_Tok = -cos(head(teacher token), head(student token)) at masked positions. Teacher inputs are
-detached here, so callers may pass teacher outputs that still carry a graph. Under DDP the caller
-gathers projections across ranks first: m is always the number of rows given.
+detached here, so callers may pass teacher outputs that still carry a graph. Under DDP the
+projections are gathered across ranks first (`compute_losses`): m is always the number of rows given.
+`compute_losses` is one batch of the objective, L = L_CLS + w·L_TTR + 0.5·L_Tok, plus the collapse
+monitors a run logs; training/trainer.py drives it step by step.
 
-    python -m pytest -q tests/test_losses.py
+    python -m pytest -q tests/test_losses.py tests/test_train.py tests/test_authors.py
 """
+import copy
+import warnings
+
 import torch
+import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401 -- _gather's differentiable all_gather lives there
 import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-import runtime
+from encoder import Encoder, EncoderConfig
+from machine import runtime
 
 
 class ProjectionHead(nn.Module):
@@ -115,3 +128,93 @@ def token_loss(student_tok_proj, teacher_tok_proj, mask):
         per_sample = (cos * w).sum(1) / count.clamp(min=1)              # (B,)
         has = (count > 0).to(cos.dtype)
         return -(per_sample * has).sum() / has.sum().clamp(min=1)
+
+
+
+# ----------------------------------------------------------------------------------------------
+# student and teacher, and the objective of one batch
+
+class SelfDistillNet(nn.Module):
+    """Encoder + the one shared projection head (SPEC §6). Student and teacher are two of these.
+
+    forward(x (V·B, C, T'), mask (V·B, N, P) or None, with_tokens) -> dict of
+      cls (V·B, D), z_cls (V·B, p), z_net (V·B, N, p) and, with_tokens, z_tok (V·B, N·P, p).
+    The head runs once on all rows (CLS, network summaries, tokens) concatenated.
+    """
+
+    def __init__(self, encoder: Encoder, head: ProjectionHead):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x, mask=None, with_tokens=False):
+        cls, tok = self.encoder(x, mask)                       # (VB, D), (VB, N·P, D)
+        VB, NP, D = tok.shape
+        N = self.encoder.n_networks
+        net = network_summaries(tok, N)                        # (VB, N, D) for L_TTR
+        rows = [cls, net.reshape(VB * N, D)] + ([tok.reshape(VB * NP, D)] if with_tokens else [])
+        z = _exact(self.head(torch.cat(rows)))                 # (VB·(1+N[+N·P]), p); losses in fp32 at least
+        out = {"cls": cls, "z_cls": z[:VB], "z_net": z[VB:VB * (1 + N)].view(VB, N, -1)}
+        if with_tokens:
+            out["z_tok"] = z[VB * (1 + N):].view(VB, NP, -1)   # (VB, N·P, p)
+        return out
+
+
+def build_models(enc_cfg: EncoderConfig, network_map, seed):
+    """Student and teacher (SPEC §6): the teacher starts as an exact copy and takes no gradients."""
+    torch.manual_seed(seed)  # same initial weights on every process
+    student = SelfDistillNet(Encoder(enc_cfg, network_map),
+                             ProjectionHead(enc_cfg.dim, enc_cfg.proj_hidden, enc_cfg.proj_dim))
+    teacher = copy.deepcopy(student)
+    teacher.requires_grad_(False)
+    return student, teacher
+
+
+@torch.no_grad()
+def ema_update(teacher_params, student_params, m):
+    """teacher ← m·teacher + (1 − m)·student, encoder and head (SPEC §6)."""
+    torch._foreach_lerp_(teacher_params, student_params, 1 - m)  # one pass over the weights
+
+
+def _gather(z):
+    """(m, ...) on this process -> (world·m, ...) global batch. Differentiable: the backward sums the
+    gradients of every process's (identical) global loss, DDP then averages -> single-process result."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    with warnings.catch_warnings():  # deprecated in favour of a private API; the public one is kept on purpose
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(torch.distributed.nn.functional.all_gather(z))
+
+
+def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, precision="fp32", masked=None):
+    """The training objective for one batch (SPEC §7).
+
+    x1, x2: (B, C, T') the two views; mask: (2B, N, P) bool for the concatenated views, or None.
+    masked: is this a masked batch (L_Tok on the masked tokens)? Default: a mask is given. Under DDP an
+    unmasked batch passes an all-False mask with masked=False: the student still takes the mask (so
+    the mask embedding stays in DDP's graph), but no token is projected and L_Tok is 0. precision: "fp32"
+    or "bf16", the forwards' autocast on x's device (runtime.resolve_precision resolves "auto").
+    Returns a dict of scalar tensors: loss (to backpropagate), cls, ttr, tok, comp, expa (of L_CLS),
+    and collapse monitors std_s, std_t (std of normalised CLS projections), cos_t (mean pairwise
+    cosine of teacher CLS). With several processes the MCR terms use the global batch.
+    """
+    B = x1.shape[0]
+    x = torch.cat([x1, x2])                                    # (2B, C, T'): both views in one call
+    masked = mask is not None if masked is None else masked
+    with runtime.autocast(x.device, precision):                # fp32: no autocast at all (any device, meta too)
+        with torch.no_grad():
+            t = teacher(x, None, with_tokens=masked)           # the teacher never sees a mask
+        s = student(x, mask, with_tokens=masked)
+
+    def views(z):                                              # (2B, ...) -> two global (m, p) views
+        return tuple(_gather(v.reshape(-1, v.shape[-1])) for v in (z[:B], z[B:]))
+
+    cls, comp, expa = mcr_loss(views(s["z_cls"]), views(t["z_cls"]), eps)
+    ttr = ttr_loss(views(s["z_net"]), views(t["z_net"]), eps)[0] if ttr_w > 0 else cls.new_zeros(())
+    tok = token_loss(s["z_tok"], t["z_tok"], mask) if masked else cls.new_zeros(())
+    loss = cls + ttr_w * ttr + tok_w * tok
+    with torch.no_grad():
+        tc = F.normalize(t["cls"].float(), dim=-1)             # (2B, D)
+        n = tc.shape[0]
+        cos_t = ((tc @ tc.T).sum() - n) / (n * (n - 1))
+    return {"loss": loss, "cls": cls, "ttr": ttr, "tok": tok, "comp": comp, "expa": expa,
+            "std_s": s["z_cls"].detach().std(0).mean(), "std_t": t["z_cls"].std(0).mean(), "cos_t": cos_t}

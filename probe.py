@@ -8,22 +8,23 @@
 
 A run is four steps, each in its own module:
 
-  load      the frozen teacher, the data and the labels -> a Task (labels.py: labels files, tasks,
-            subject splits; features.py: the model and data options shared with embed.py);
-  features  every scan gives 8 evenly spaced crops (scans.probe_crops); each crop goes through the
-            frozen teacher's `features()` (mean of the N·P output tokens ‖ CLS, 2D values), cached
-            on disk per checkpoint and data, so probing several tasks extracts them once
-            (features.py);
+  load      the frozen teacher (training/checkpoint.py), the data (data/load.py, or the built-in
+            synthetic cohort; evaluation/options.py: the options shared with embed.py) and the
+            labels -> a Task (data/labels.py: labels files, tasks, subject splits);
+  features  every scan gives 8 evenly spaced crops (data/preprocess.probe_crops); each crop goes
+            through the frozen teacher's `features()` (mean of the N·P output tokens ‖ CLS, 2D
+            values), cached on disk per checkpoint and data, so probing several tasks extracts them
+            once (evaluation/features.py);
   fit       a linear model on standardised features, every crop one training sample. Subjects (not
             scans, not crops) are split train/val/test 4:1:8, stratified by class; all scans of a
             subject land in one split. The regularisation strength is picked on val; val and test
             scores are the class probabilities (or predictions) averaged over all crops of a
-            subject, then the metric. 10 repeats, seeds 0-9, mean ± std (linear_probe.py). The same
+            subject, then the metric. 10 repeats, seeds 0-9, mean ± std (evaluation/linear_probe.py). The same
             splits also score two baselines: functional connectivity (Fisher-z Pearson correlations
             over the whole scan, one sample per scan) and a randomly initialised encoder of the
             checkpoint's config;
   report    a table on stdout, probe_<task>.json (every split's numbers) and probe_<task>.png next
-            to the checkpoint (probe_report.py). --task all probes every label column (or .h5 label
+            to the checkpoint (evaluation/report.py). --task all probes every label column (or .h5 label
             dataset) with features extracted once: one task x method table with teacher − baseline
             differences on the same splits, probe_all.json and probe_all.png (a column that cannot
             be probed is skipped, with the reason).
@@ -35,7 +36,7 @@ folder's files, X_subjects.txt beside X.npy, or --subjects); for an array withou
 scans in order and the subject column says which scans belong to one subject. Without a subject
 column, rows are scans in order. Classification when the values are at most 10 distinct integers or
 strings, regression otherwise (--task-type overrides; --bins k makes k quantile classes).
-An .h5 dataset in the authors' layout (h5data.py) carries its labels: without --labels, --task names
+An .h5 dataset in the authors' layout (data/h5.py) carries its labels: without --labels, --task names
 one of its datasets of one value per scan (e.g. sex_bi, labels/sex); --labels still works and wins.
 """
 import argparse
@@ -44,13 +45,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import data
-import features
-import labels
-import probe_report as report
-import runtime
+from data import labels
+from data.load import is_h5
+from data.scans import Scans
 from encoder import Encoder
-from linear_probe import PRIMARY, paired_differences, run_probe
+from evaluation import features, options, report
+from evaluation.linear_probe import PRIMARY, paired_differences, run_probe
+from machine import runtime
+from machine.cli import cli
+from training import checkpoint
 
 ALL = "all"                           # --task all: every label column in one run (run_all)
 
@@ -63,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", required=True, help="teacher.pt written by train.py (or the authors' checkpoint)")
     p.add_argument("--task", required=True, help="column of the labels file to predict, or 'all': every column "
                                                  "in one table (probe_all.json, probe_all.png)")
-    features.add_data_arguments(p)
+    options.add_data_arguments(p)
     p.add_argument("--labels", help="CSV/TSV, one column per task; optional subject/participant_id column "
                                     "(default for an .h5: its own label datasets, e.g. --task sex_bi)")
     p.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"],
@@ -107,7 +110,7 @@ def _options(args):
     bad = [b for b in baselines if b not in ("fc", "random")]
     if bad:
         raise ValueError(f"unknown baseline(s) {bad}; choose from fc, random, or none")
-    features.check_data_arguments(args)
+    options.check_data_arguments(args)
     if args.bins is not None and args.bins < 2:
         raise ValueError("--bins must be at least 2")
     if args.task == ALL and args.task_type != "auto":
@@ -116,7 +119,7 @@ def _options(args):
     if args.out is not None and Path(args.out).suffix.lower() != ".json":
         raise ValueError(f"--out {args.out}: expected a name ending in .json (the PNG is written beside it, "
                          f"with .png)")
-    if (args.data is None) != (args.labels is None) and not (args.data and data.is_h5(args.data)):
+    if (args.data is None) != (args.labels is None) and not (args.data and is_h5(args.data)):
         raise ValueError("--data and --labels go together (leave both out for the synthetic probe cohort; "
                          "an .h5 file in the authors' layout carries its own labels)")
     return ratios, seeds, baselines
@@ -150,7 +153,7 @@ class Setup:
     ckpt: Path
     encoder: Encoder
     meta: dict
-    scans: "data.Scans"
+    scans: Scans
     data_path: Path
     synthetic: bool
     labels_path: Path = None          # None: the .h5's own label datasets
@@ -163,8 +166,8 @@ def prepare(args):
     ratios, seeds, baselines = _options(args)
     device = str(runtime.resolve_device(args.device))
     ckpt = Path(args.ckpt)
-    encoder, meta = features.load_model(ckpt, args.networks)
-    scans, data_path, synthetic = features.load_data(args, len(meta["network_map"]))
+    encoder, meta = checkpoint.load_teacher(ckpt, network_map=options.teacher_map(args.networks))
+    scans, data_path, synthetic = options.load_data(args, len(meta["network_map"]))
     labels_path = (data_path.with_name("probe_labels.csv") if synthetic
                    else Path(args.labels) if args.labels else None)
     precision, why = runtime.resolve_precision(args.precision, device)
@@ -280,7 +283,7 @@ def _out_path(args, setup, default_name):
 
 
 def main(argv=None):
-    return features.cli(run, parse_args(argv), "probe.py")
+    return cli(run, parse_args(argv), "probe.py")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from networks import validate_network_map
+from data.networks import validate_network_map
 
 INITS = ("authors", "dino")  # the tokenizer's structured-branch projection; encoder.py uses the same names
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import networks  # noqa: E402
-import runtime  # noqa: E402
+from data import networks  # noqa: E402
+from machine import runtime  # noqa: E402
 from bench.report import add_common_args, device_columns, emit, positive_int, setup  # noqa: E402
 from encoder import EncoderConfig, softmax_attention  # noqa: E402
 

@@ -23,14 +23,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import data  # noqa: E402
-import labels  # noqa: E402
-import synthetic  # noqa: E402
-from features import fc_features  # noqa: E402
-from linear_probe import PRIMARY, run_probe  # noqa: E402
-from probe_report import format_metric  # noqa: E402
+from data.load import load_scans  # noqa: E402
+from data import labels  # noqa: E402
+from data import synthetic  # noqa: E402
+from evaluation.features import fc_features  # noqa: E402
+from evaluation.linear_probe import PRIMARY, run_probe  # noqa: E402
+from evaluation.report import format_metric  # noqa: E402
 from bench.report import positive_int  # noqa: E402
-from scans import zscore  # noqa: E402
+from data.preprocess import zscore  # noqa: E402
 
 
 def acf_features(scans, lags=(1, 2, 3), chunk=64):
@@ -70,7 +70,7 @@ def main(argv=None):
                                                      n_probe=args.n_probe, seed=args.seed, **sizes)
         else:
             folder = synthetic.ensure_synthetic_cohort()
-        scans = data.load_scans(folder / "probe.npy")
+        scans = load_scans(folder / "probe.npy")
         scans.data = np.array(scans.data)                    # into RAM: the temporary folder goes
         header, rows = labels.read_labels(folder / "probe_labels.csv")
     feats = {"fc": fc_features(scans), "acf": acf_features(scans)}

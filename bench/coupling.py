@@ -36,11 +36,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import checkpoint  # noqa: E402
-import data  # noqa: E402
-from features import random_encoder  # noqa: E402
-from scans import fisher_z, probe_crops  # noqa: E402
-import synthetic  # noqa: E402
+from training import checkpoint  # noqa: E402
+from data.load import load_scans  # noqa: E402
+from evaluation.features import random_encoder  # noqa: E402
+from data.connectivity import fisher_z  # noqa: E402
+from data.preprocess import probe_crops  # noqa: E402
+from data import synthetic  # noqa: E402
 from bench.report import positive_int  # noqa: E402
 from encoder import Encoder  # noqa: E402
 
@@ -135,7 +136,7 @@ def main(argv=None):
     teacher, meta = checkpoint.load_teacher(args.ckpt)
     net_of = meta["network_map"].numpy()
     path = args.data or str(synthetic.ensure_synthetic_cohort() / "probe.npy")
-    scans = data.load_scans(path, n_rois=len(net_of), subjects=args.subjects)
+    scans = load_scans(path, n_rois=len(net_of), subjects=args.subjects)
     k = min(args.scans, len(scans))
     groups = crop_groups(scans.subjects[:k], 8)                             # (k*8,) one group per subject
     n_subjects = int(groups.max()) + 1
@@ -164,7 +165,7 @@ def main(argv=None):
     if args.supervised:
         train_path = args.train_data or str(synthetic.ensure_synthetic_cohort() / "pretrain.npy")
         print(f"supervised check: fresh encoder + linear head -> patch FC, trained on {train_path}")
-        supervised_check(cfg, net_of, data.load_scans(train_path, n_rois=len(net_of)), crops.flatten(0, 1),
+        supervised_check(cfg, net_of, load_scans(train_path, n_rois=len(net_of)), crops.flatten(0, 1),
                          args.supervised)
 
 

@@ -50,10 +50,10 @@ import torch  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import fileio  # noqa: E402
+from machine import fileio  # noqa: E402
 import kernels  # noqa: E402
-import networks  # noqa: E402
-import runtime  # noqa: E402
+from data import networks  # noqa: E402
+from machine import runtime  # noqa: E402
 from bench import kernels as bench_kernels  # noqa: E402
 from bench.probe import preset_encoder, time_features  # noqa: E402
 from bench.report import cpu_name, random_scans, synthetic_pool  # noqa: E402

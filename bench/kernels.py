@@ -39,7 +39,7 @@ from bench.report import positive_int  # noqa: E402
 
 def network_counts():
     """R_n of the SPEC's default 457-ROI map (61, 77, 46, 47, 26, 52, 91, 50, 7)."""
-    import networks
+    from data import networks
     return tuple(np.bincount(networks.default_network_map()).tolist())
 
 

@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import data  # noqa: E402
-import features  # noqa: E402
-import networks  # noqa: E402
-import runtime  # noqa: E402
+from data.scans import Scans  # noqa: E402
+from evaluation import features  # noqa: E402
+from data import networks  # noqa: E402
+from machine import runtime  # noqa: E402
 from bench.report import (add_common_args, device_columns, emit, medians_row,  # noqa: E402
                           positive_int, random_scans, setup)
 from encoder import Encoder, EncoderConfig  # noqa: E402
@@ -35,7 +35,7 @@ def time_features(enc, scans, device, batch_size, precision, repeats=1):
     """Seconds of each of `repeats` whole passes of features.encoder_features over `scans` (after one
     untimed warm-up pass over one forward's worth of scans)."""
     k = max(1, batch_size // 8)                                     # one forward's worth of scans
-    warm = data.Scans(data=scans.data[:k], lengths=scans.lengths[:k], subjects=scans.subjects[:k])
+    warm = Scans(data=scans.data[:k], lengths=scans.lengths[:k], subjects=scans.subjects[:k])
     features.encoder_features(enc, warm, batch_size=batch_size, device=device, label="warm-up", precision=precision)
     times = []
     for _ in range(repeats):
@@ -102,7 +102,7 @@ def main(argv=None):
 
 def compare_checkpoints(args):
     """--ckpt A --ckpt B: the same pipeline for every checkpoint's teacher, passes taking turns."""
-    from checkpoint import load_teacher
+    from training.checkpoint import load_teacher
     device = setup(args)
     S, B = sizes(args, device)
     encoders = {path: load_teacher(path, map_location=device)[0] for path in args.ckpt}

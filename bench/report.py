@@ -16,9 +16,9 @@ import time
 import numpy as np
 import torch
 
-import data
+from data.scans import Scans
 import kernels
-import runtime
+from machine import runtime
 
 
 def add_common_args(ap):
@@ -104,18 +104,18 @@ def device_columns(device, no_kernels=False, precision_note="", precision=None):
 
 
 def random_scans(n_scans, n_rois=457, length=200, seed=0):
-    """data.Scans of standard-normal float16 scans (S, C, T) in RAM, each scan its own subject
+    """Scans of standard-normal float16 scans (S, C, T) in RAM, each scan its own subject
     (throughput does not depend on the values); built directly, as synthetic_pool does."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n_scans, n_rois, length), dtype=np.float32).astype(np.float16)  # (S, C, T)
-    return data.Scans(data=x, lengths=np.full(n_scans, length, dtype=np.int64),
+    return Scans(data=x, lengths=np.full(n_scans, length, dtype=np.int64),
                       subjects=[f"scan{i:05d}" for i in range(n_scans)])
 
 
 def synthetic_pool(n_scans, net_of, length, device, seed=0, chunk=2048):
     """A UK-Biobank-sized pool, one scan per subject: AR(1)-smoothed network signals with random
     couplings, spread over each network's ROIs with subject-specific loadings (a fingerprint), plus
-    noise. Generated on `device` chunk by chunk into a host float16 array -> data.Scans."""
+    noise. Generated on `device` chunk by chunk into a host float16 array -> Scans."""
     g = torch.Generator(device=device).manual_seed(seed)
     net = torch.as_tensor(net_of, device=device)
     N, C = int(net.max()) + 1, len(net_of)
@@ -130,7 +130,7 @@ def synthetic_pool(n_scans, net_of, length, device, seed=0, chunk=2048):
         load = 1 + 0.5 * torch.randn(b, C, 1, device=device, generator=g)                # fingerprint
         x = load * sig[:, net] + torch.randn(b, C, length, device=device, generator=g)
         out[s0:s0 + b] = x.half().cpu().numpy()
-    return data.Scans(data=out, lengths=np.full(n_scans, length, dtype=np.int64),
+    return Scans(data=out, lengths=np.full(n_scans, length, dtype=np.int64),
                       subjects=[f"sub-{i:05d}" for i in range(n_scans)])
 
 

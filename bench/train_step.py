@@ -29,13 +29,13 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import networks  # noqa: E402
+from data import networks  # noqa: E402
 from bench.report import (add_common_args, device_columns, emit, medians_row,  # noqa: E402
                           positive_int, random_scans, setup)
-import runtime  # noqa: E402
-from scans import TrainBatches  # noqa: E402
-from train import encoder_config, resolve_config  # noqa: E402
-from trainer import LogWindow, Trainer  # noqa: E402
+from machine import runtime  # noqa: E402
+from training.batches import TrainBatches  # noqa: E402
+from training.config import encoder_config, resolve_config  # noqa: E402
+from training.trainer import LogWindow, Trainer  # noqa: E402
 
 
 def make_trainer(preset, batch_size, device, precision="auto", compile="off", scans=None, network_map=None,

@@ -8,7 +8,8 @@ path; tests/test_kernels.py: the Triton kernels, skipped where triton is not ins
 - `factored.py`: the tokenizer with its branches as GEMMs over all time points (PyTorch; the CPU path);
 - `composed.py`: the tokenizer as one ragged conv per network (PyTorch; the reference of the kernel);
 - `tokenizer_conv.py`: that ragged conv + GELU + time mean fused in Triton;
-- `coding_rate.py`: the MCR loss with its batch reduction in Triton.
+- `coding_rate.py`: the MCR loss with its batch reduction in Triton;
+- `checks.py`: the input checks every path of an op shares.
 
 The package is a leaf: it imports nothing of the model, and its functions take tensors. Triton is
 imported only when a Triton path runs, so everything else works where triton is not installed.
@@ -30,6 +31,8 @@ import os
 from typing import NamedTuple
 
 import torch
+
+from .checks import check_views  # noqa: F401 -- part of the package's interface (losses.py uses it)
 
 log = logging.getLogger("brain_semantoks.kernels")
 
@@ -156,20 +159,6 @@ def grouped_conv_gelu_mean(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 # ---------------------------------------------------------------------------------------------
 # the MCR loss op (SPEC §7)
 # ---------------------------------------------------------------------------------------------
-def check_views(student_views, teacher_views) -> None:
-    """The MCR loss's inputs: 2 student and 2 teacher views of one (m, p) shape, m, p >= 1, one device."""
-    views = tuple(student_views) + tuple(teacher_views)
-    if len(student_views) != 2 or len(teacher_views) != 2:
-        raise ValueError(f"expected 2 student and 2 teacher views, got {len(student_views)} and {len(teacher_views)}")
-    shape = views[0].shape
-    if len(shape) != 2 or any(v.shape != shape for v in views):
-        raise ValueError(f"all views must share one (m, p) shape, got {[tuple(v.shape) for v in views]}")
-    if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"mcr_loss needs at least one row and one column, got views of shape {tuple(shape)}")
-    if len({v.device for v in views}) != 1:
-        raise ValueError("student and teacher views are on different devices")
-
-
 def mcr_path(s: torch.Tensor) -> str:
     """THE rule for the MCR loss: "reference" or "triton"."""
     return _announce("MCR loss", "triton" if use_triton(s) else "reference", s)

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import check_views
+from .checks import check_views
 
 _COS_EPS = 1e-8   # F.cosine_similarity's default eps
 

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import networks
-import objective
-import synthetic
+from training import checkpoint
+from data import networks
+from losses import build_models
+from training.trainer import param_groups
+from data import synthetic
 import train
-import trainer
+from training import trainer
 from encoder import Encoder
 from test_train import run_main
 
@@ -68,7 +69,7 @@ def test_bare_and_ddp_state_dicts(theirs, ref, tmp_path, wrap):
 
 def test_converter_writes_our_format(ref, tmp_path):
     out = tmp_path / "teacher.pt"
-    r = subprocess.run([sys.executable, "checkpoint.py", "convert", str(FIXTURES / "checkpoint_epoch_1.pth"),
+    r = subprocess.run([sys.executable, "-m", "training.checkpoint", "convert", str(FIXTURES / "checkpoint_epoch_1.pth"),
                         "--out", str(out)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "D 32, depth 2" in r.stdout
@@ -115,11 +116,11 @@ def test_two_training_steps_equal_theirs(theirs, ref):
 
 def test_every_parameter_is_weight_decayed_by_default():
     tiny = train.encoder_config(train.resolve_config({"preset": "demo", "dim": 32, "depth": 1, "heads": 2}))
-    net = objective.build_models(tiny, networks.default_network_map(), 0)[0]
-    groups = objective.param_groups(net)
+    net = build_models(tiny, networks.default_network_map(), 0)[0]
+    groups = param_groups(net)
     n_params = len(list(net.parameters()))
     assert len(groups[0]["params"]) == n_params and groups[1]["params"] == []
-    dino = objective.param_groups(net, "dino")
+    dino = param_groups(net, "dino")
     names = {id(p): n for n, p in net.named_parameters()}
     plain = {names[id(p)] for p in dino[1]["params"]}
     decayed = {names[id(p)] for p in dino[0]["params"]}
@@ -128,7 +129,7 @@ def test_every_parameter_is_weight_decayed_by_default():
     assert {"encoder.cls_token", "encoder.mask_token", "encoder.network_embed", "encoder.tokenizer.norm_weight",
             "encoder.tokenizer.dense_bias", "head.fc1.bias"} <= plain
     with pytest.raises(ValueError, match="unknown weight-decay policy 'none'"):
-        objective.param_groups(net, "none")
+        param_groups(net, "none")
 
 
 # ----------------------------------------------------------------------------- bad files, clear errors

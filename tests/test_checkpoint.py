@@ -1,12 +1,12 @@
-"""checkpoint.py: teacher.pt / state.pt round trips, weights_only loading, atomic writes, clear errors."""
+"""training/checkpoint.py: teacher.pt / state.pt round trips, weights_only loading, atomic writes, clear errors."""
 import os
 
 import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import networks
+from training import checkpoint
+from data import networks
 from encoder import Encoder, EncoderConfig
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.coupling import grouped_r2, network_fc  # noqa: E402
-from scans import fisher_z  # noqa: E402
+from data.connectivity import fisher_z  # noqa: E402
 
 
 def test_grouped_r2_finds_a_linear_target_and_nothing_in_noise():
@@ -38,14 +38,14 @@ def test_network_fc_is_fisher_z_of_pearson_upper_triangle():
 
 
 def test_supervised_check_fits_and_reports_held_out_r2(capsys):
-    import data
     from bench.coupling import supervised_check
+    from data.preprocess import probe_crops
+    from data.scans import Scans
     from encoder import EncoderConfig
-    from scans import probe_crops
     rng = np.random.default_rng(3)
     net_of = np.repeat(np.arange(3), [5, 7, 4])                           # 16 ROIs, 3 networks
     x = rng.standard_normal((6, 16, 60)).astype(np.float32)
-    scans = data.Scans(data=x, lengths=np.full(6, 60), subjects=[f"s{i}" for i in range(6)])
+    scans = Scans(data=x, lengths=np.full(6, 60), subjects=[f"s{i}" for i in range(6)])
     cfg = EncoderConfig(dim=16, depth=1, heads=2, crop_len=40, patch_len=10)
     test = probe_crops(scans, np.arange(2), 40, 4).flatten(0, 1)          # (8, C, T')
     supervised_check(cfg, net_of, scans, test, steps=2, batch_scans=2, log_every=1)
@@ -57,7 +57,7 @@ def test_supervised_check_fits_and_reports_held_out_r2(capsys):
 def _tiny_run(tmp_path):
     """A random 12-ROI, 3-network checkpoint and 12 scans of 60 points it can read."""
     import torch
-    from checkpoint import save_teacher
+    from training.checkpoint import save_teacher
     from encoder import Encoder, EncoderConfig
     net_of = np.repeat(np.arange(3), 4)
     torch.manual_seed(0)

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import data
+from data.load import load_scans
+from data.scans import Scans
 import embed
 from test_probe import _error as probe_error
-import synthetic
-from checkpoint import load_teacher, save_teacher
+from data import synthetic
+from training.checkpoint import load_teacher, save_teacher
 from encoder import Encoder, EncoderConfig
-from networks import default_network_map
-from scans import probe_crops
+from data.networks import default_network_map
+from data.preprocess import probe_crops
 from test_h5 import IDS, write_authors_h5
 
 NET_MAP = np.repeat(np.arange(3), 4)          # 12 ROIs in 3 networks
@@ -63,7 +64,7 @@ def test_npy_mean_over_crops_and_ids(ckpt, npy, tmp_path, capsys):
                       "--precision", "fp32"])   # compared with fp32 features below
     emb = np.load(out)
     assert emb.shape == (5, 64) and emb.dtype == np.float32
-    np.testing.assert_allclose(emb, _expected(ckpt, data.load_scans(path)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(emb, _expected(ckpt, load_scans(path)), rtol=1e-5, atol=1e-5)
     assert (tmp_path / "emb" / "emb_subjects.txt").read_text().splitlines() == ids
     assert res["files"] == [out, tmp_path / "emb" / "emb_subjects.txt"]
     assert "Embedding 5 scans" in capsys.readouterr().out
@@ -94,7 +95,7 @@ def test_h5_in_the_authors_layout(tmp_path):
     res = embed.main(["--ckpt", str(ckpt), "--data", str(p), "--precision", "fp32"])
     out = tmp_path / "embeddings_ukb.npy"                                  # default: beside the checkpoint
     assert res["files"][0] == out and (tmp_path / "embeddings_ukb_subjects.txt").read_text().splitlines() == IDS
-    ram = data.Scans(data=x, lengths=data.load_scans(p).lengths, subjects=IDS)
+    ram = Scans(data=x, lengths=load_scans(p).lengths, subjects=IDS)
     np.testing.assert_allclose(np.load(out), _expected(ckpt, ram), rtol=1e-5, atol=1e-5)
 
 

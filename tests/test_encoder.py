@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import networks
+from data import networks
 from encoder import Attention, Encoder, EncoderConfig, attention, sincos_embedding, softmax_attention
 from masking import slice_mask
 from test_tokenizer import spec_tokenizer_parameters

@@ -1,4 +1,4 @@
-"""The authors' HDF5 datasets (h5data.py): the 457-ROI concatenation, lazy reads, labels for
+"""The authors' HDF5 datasets (data/h5.py): the 457-ROI concatenation, lazy reads, labels for
 probe.py, and every input error's message (SPEC §1, §2).
 
     python -m pytest -q tests/test_h5.py
@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import h5data
-import labels
+from data.load import load_scans
+from data.scans import Scans
+from data import h5 as h5data
+from data import labels
 import probe
-from checkpoint import save_teacher
+from training.checkpoint import save_teacher
 from encoder import Encoder, EncoderConfig
-from networks import default_network_map
-from scans import TrainBatches, probe_crops, scan_fc
+from data.networks import default_network_map
+from training.batches import TrainBatches
+from data.preprocess import probe_crops
+from data.connectivity import scan_fc
 
 LENGTHS = [130, 100, 60, 25, 130, 90]
 ATLAS_ROIS = {"schaefer400": 400, "tian3": 50, "buckner7": 7}
@@ -54,7 +57,7 @@ def h5(tmp_path):
 
 def test_atlases_concatenated_in_order_with_lengths_and_ids(h5):
     p, x = h5
-    sc = data.load_scans(p)
+    sc = load_scans(p)
     assert sc.data.shape == (6, 457, 130) and sc.data.dtype == np.float16 and sc.n_rois == 457
     assert sc.lengths.tolist() == LENGTHS and sc.subjects == IDS and sc.n_subjects == 3
     assert sc.ids_from_data                                                 # long_subject_id
@@ -63,7 +66,7 @@ def test_atlases_concatenated_in_order_with_lengths_and_ids(h5):
         np.testing.assert_array_equal(sc.read([1], None)[0, 400:450], f["timeseries/tian3"][1])
         np.testing.assert_array_equal(sc.read([1], None)[0, 450:], f["timeseries/buckner7"][1])
     # everything downstream reads it like the same array in RAM
-    ram = data.Scans(data=x, lengths=sc.lengths, subjects=sc.subjects)
+    ram = Scans(data=x, lengths=sc.lengths, subjects=sc.subjects)
     torch.testing.assert_close(probe_crops(sc, [3, 0]), probe_crops(ram, [3, 0]))
     np.testing.assert_array_equal(scan_fc(sc, [2]), scan_fc(ram, [2]))
     for resident in (True, False):
@@ -74,12 +77,12 @@ def test_atlases_concatenated_in_order_with_lengths_and_ids(h5):
 def test_ts_len_caps_the_valid_length(tmp_path):
     p = tmp_path / "d.h5"
     write_authors_h5(p, ts_len=np.array([120, 100, 60, 25, 40, 200]))
-    assert data.load_scans(p).lengths.tolist() == [120, 100, 60, 25, 40, 90]
+    assert load_scans(p).lengths.tolist() == [120, 100, 60, 25, 40, 90]
 
 
 def test_indexing_like_an_array(h5):
     p, x = h5
-    arr = data.load_scans(p).data
+    arr = load_scans(p).data
     assert not isinstance(arr, np.ndarray) and len(arr) == 6
     np.testing.assert_array_equal(arr[[4, 1, 4]], x[[4, 1, 4]])            # unsorted, repeated
     np.testing.assert_array_equal(arr[2, :3, :5], x[2, :3, :5])
@@ -104,7 +107,7 @@ def test_reads_are_lazy(h5, monkeypatch):
         return read(self, key, *a, **k)
 
     monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
-    sc = data.load_scans(p)
+    sc = load_scans(p)
     series = [(n, k) for n, k in calls if n.startswith("/timeseries/")]
     assert series and all(n == "/timeseries/schaefer400" and k[1] == 0 for n, k in series)   # ROI 0 only
     calls.clear()
@@ -119,7 +122,7 @@ def test_reads_are_lazy(h5, monkeypatch):
 def test_tr_resampling_matches_the_npy_path(h5, tmp_path):
     p, x = h5
     np.save(tmp_path / "same.npy", x)
-    sc, ref = data.load_scans(p, tr=3.0), data.load_scans(tmp_path / "same.npy", tr=3.0)
+    sc, ref = load_scans(p, tr=3.0), load_scans(tmp_path / "same.npy", tr=3.0)
     assert isinstance(sc.data, np.ndarray) and sc.lengths.tolist() == np.rint(np.array(LENGTHS) * 1.5).tolist()
     np.testing.assert_array_equal(sc.data, ref.data)
     assert sc.subjects == IDS
@@ -129,14 +132,14 @@ def test_tr_resampling_matches_the_npy_path(h5, tmp_path):
 
 def test_label_datasets(h5, tmp_path):
     p, _ = h5
-    sc = data.load_scans(p)
+    sc = load_scans(p)
     assert h5data.label_names(p, 6) == ["age", "sex_bi"]
     values, subjects, notes = labels.task_labels("sex_bi", None, sc)
     assert values == ["0", "0", "1", "1", "0", "0"] and subjects == IDS and notes == []
     assert labels.task_labels("age", None, sc)[0][:2] == ["20", "30"]
     q = tmp_path / "nested.h5"
     write_authors_h5(q, **{"labels/sex": np.array([b"M", b"F", b"n/a"] * 2), "labels/iq": np.array([1.5, np.nan] * 3)})
-    sq = data.load_scans(q)
+    sq = load_scans(q)
     assert labels.task_labels("labels/sex", None, sq)[0] == ["M", "F", None] * 2
     assert labels.task_labels("labels/iq", None, sq)[0] == ["1.5", None] * 3
     csv = tmp_path / "labels.csv"                                           # --labels wins over the file's own
@@ -173,10 +176,10 @@ def test_errors(h5, tmp_path):
     q = tmp_path / "no_tian.h5"
     write_authors_h5(q, atlases={"schaefer400": 400, "buckner7": 7})
     with pytest.raises(ValueError, match=r"missing timeseries/tian3; .*\(found in timeseries/: buckner7, schaefer400\)"):
-        data.load_scans(q)
+        load_scans(q)
     with pytest.raises(ValueError, match=r"the atlases give 457 ROIs \(schaefer400 400 \+ tian3 50 \+ buckner7 7\) "
                                          r"but the network map has 400 entries"):
-        data.load_scans(p, n_rois=400)
+        load_scans(p, n_rois=400)
     with pytest.raises(ValueError, match=r"unknown task 'sz': .* no such label dataset; available: age, sex_bi"):
         h5data.read_label(p, "sz", 6)
     with pytest.raises(ValueError, match="unknown task 'long_subject_id'"):
@@ -189,18 +192,18 @@ def test_errors(h5, tmp_path):
     q = tmp_path / "short_ids.h5"
     write_authors_h5(q, ids=IDS[:5])
     with pytest.raises(ValueError, match=r"'long_subject_id' has shape \(5,\) but the file has 6 scans"):
-        data.load_scans(q)
-    assert data.load_scans(q, subjects=list("abcdef")).subjects == list("abcdef")   # ids given: the file's unused
+        load_scans(q)
+    assert load_scans(q, subjects=list("abcdef")).subjects == list("abcdef")   # ids given: the file's unused
     q = tmp_path / "no_ids.h5"
     write_authors_h5(q, ids=False)
     with pytest.raises(ValueError, match="no 'long_subject_id' dataset .* pass .*--subjects"):
-        data.load_scans(q)
-    assert data.load_scans(q, subjects=list("abcdef")).subjects == list("abcdef")
+        load_scans(q)
+    assert load_scans(q, subjects=list("abcdef")).subjects == list("abcdef")
     with pytest.raises(ValueError, match="--layout applies to a single .npy"):
-        data.load_scans(p, layout="STC")
+        load_scans(p, layout="STC")
     (tmp_path / "garbage.h5").write_bytes(b"not hdf5" * 10)
     with pytest.raises(ValueError, match="cannot read as an HDF5 file"):
-        data.load_scans(tmp_path / "garbage.h5")
+        load_scans(tmp_path / "garbage.h5")
 
 
 def test_errors_in_ids_and_ts_len(tmp_path):
@@ -208,28 +211,28 @@ def test_errors_in_ids_and_ts_len(tmp_path):
     write_authors_h5(q, ts_len=np.array([120.0, np.nan, 60, 25, 40, 90]))
     with pytest.raises(ValueError, match=r"'ts_len' of scan 1 is nan; it needs the valid length of each scan as a "
                                          r"whole number of time points >= 0"):
-        data.load_scans(q)
+        load_scans(q)
     write_authors_h5(q, ts_len=np.array([120, 100, -1, 25, 40, 90]))
     with pytest.raises(ValueError, match=r"'ts_len' of scan 2 is -1; it needs"):
-        data.load_scans(q)
+        load_scans(q)
     write_authors_h5(q, ts_len=np.array([120, 100, 60, 25.5, 40, 90]))
     with pytest.raises(ValueError, match=r"'ts_len' of scan 3 is 25.5; it needs"):
-        data.load_scans(q)
+        load_scans(q)
     write_authors_h5(q, ts_len=np.array([b"a"] * 6))
     with pytest.raises(ValueError, match=r"'ts_len' has dtype \|S1; it needs the valid length"):
-        data.load_scans(q)
+        load_scans(q)
     write_authors_h5(q, ids=False, long_subject_id=np.array([1.0, 1.0, 2.0, np.nan, 3.0, 3.0]))
     with pytest.raises(ValueError, match=r"'long_subject_id' of scan 3 is nan, not an id; every scan needs its "
                                          r"subject's id \(or pass the ids as a text file, --subjects\)"):
-        data.load_scans(q)
-    assert data.load_scans(q, subjects=list("aabbcc")).subjects == list("aabbcc")   # ids given: NaN ones unused
+        load_scans(q)
+    assert load_scans(q, subjects=list("aabbcc")).subjects == list("aabbcc")   # ids given: NaN ones unused
     for name in ("long_subject_id", "ts_len"):
         write_authors_h5(q, ids=False)
         with h5py.File(q, "a") as f:
             f.create_group(name)
         with pytest.raises(ValueError, match=f"'{name}' is a group; it must be a dataset of exactly one value per "
                                              f"scan, in scan order"):
-            data.load_scans(q, subjects=None if name == "long_subject_id" else list("aabbcc"))
+            load_scans(q, subjects=None if name == "long_subject_id" else list("aabbcc"))
 
 
 def test_errors_in_the_series(tmp_path):
@@ -240,19 +243,19 @@ def test_errors_in_the_series(tmp_path):
         f["timeseries/tian3"] = np.zeros((6, 50, 90), dtype=np.float16)
     with pytest.raises(ValueError, match=r"timeseries/tian3 has shape \(6, 50, 90\) but timeseries/schaefer400 has "
                                          r"\(6, 400, 130\); all atlases need the same scans and time points"):
-        data.load_scans(q)
+        load_scans(q)
     with h5py.File(q, "a") as f:
         del f["timeseries/tian3"]
         f["timeseries/tian3"] = np.zeros((6, 50), dtype=np.float16)
     with pytest.raises(ValueError, match=r"timeseries/tian3 must be a 3-D float array \(scans, ROIs, time\); "
                                          r"got shape \(6, 50\)"):
-        data.load_scans(q)
+        load_scans(q)
     write_authors_h5(q, lengths=[130, 10, 60])
     with pytest.raises(ValueError, match="scan 1 has 10 valid time points, fewer than one patch"):
-        data.load_scans(q)
+        load_scans(q)
     write_authors_h5(q, lengths=[130, 0, 60])
     with pytest.raises(ValueError, match="scan 1 is all NaN"):
-        data.load_scans(q)
+        load_scans(q)
     for shape, what in (((0, 400, 130), "scans"), ((6, 400, 0), "time points")):
         write_authors_h5(q)
         with h5py.File(q, "a") as f:
@@ -261,4 +264,4 @@ def test_errors_in_the_series(tmp_path):
                 f[f"timeseries/{name}"] = np.zeros((shape[0], C, shape[2]), dtype=np.float16)
         with pytest.raises(ValueError, match=rf"timeseries/schaefer400 has shape \({shape[0]}, 400, {shape[2]}\): "
                                              rf"no {what}"):
-            data.load_scans(q)
+            load_scans(q)

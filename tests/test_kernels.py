@@ -31,7 +31,7 @@ from tokenizer import SemanticTokenizer  # noqa: E402
 # fp32 on the interpreter: kernel and reference sum the same fp32 products in a different order
 # (tiles over (ROI, tap), time, rows), so they agree to a few ulp of the largest partial sums.
 FP32 = dict(rtol=1e-4, atol=1e-5)
-PAPER_COUNTS = network_counts()                         # R_n of the SPEC §2 457-ROI map (networks.py)
+PAPER_COUNTS = network_counts()                         # R_n of the SPEC §2 457-ROI map (data/networks.py)
 
 
 def conv_parity(B, counts, T, L, K, D, blocks=None, tol=FP32):

@@ -1,4 +1,4 @@
-"""Labels, tasks and subject splits (labels.py, SPEC §9): task types, missing labels, scans
+"""Labels, tasks and subject splits (data/labels.py, SPEC §9): task types, missing labels, scans
 collapsed to subjects, labels matched by subject id, deterministic stratified splits, and every
 user error's message.
 
@@ -7,7 +7,7 @@ user error's message.
 import numpy as np
 import pytest
 
-import labels
+from data import labels
 
 
 def _task(y, subjects=None, **kw):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-import networks
+from data import networks
 
 
 def test_default_map_counts_and_names():

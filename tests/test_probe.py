@@ -9,15 +9,15 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 import torch
 
-import data
-import features
-import linear_probe
+from data.scans import Scans
+from evaluation import features
+from evaluation import linear_probe
 import probe
-import synthetic
-from checkpoint import save_teacher
+from data import synthetic
+from training.checkpoint import save_teacher
 from encoder import Encoder, EncoderConfig
-from labels import make_task, split_subjects
-from scans import fisher_z
+from data.labels import make_task, split_subjects
+from data.connectivity import fisher_z
 
 NET_MAP = np.repeat(np.arange(3), 4)          # 12 ROIs in 3 networks
 
@@ -86,7 +86,7 @@ def test_fc_features_fisher_z():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 4, 50))
     x[1, :, 30:] = np.nan                                                  # shorter scan, NaN-padded
-    scans = data.Scans(data=x.astype(np.float32), lengths=np.array([50, 30]), subjects=["a", "b"])
+    scans = Scans(data=x.astype(np.float32), lengths=np.array([50, 30]), subjects=["a", "b"])
     f = features.fc_features(scans)
     assert f.shape == (2, 1, 6)
     np.testing.assert_allclose(f[1, 0, 0], fisher_z(np.corrcoef(x[1, :, :30])[0, 1]), rtol=1e-5)

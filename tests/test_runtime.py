@@ -1,4 +1,4 @@
-"""runtime.py (CPU bf16 detection, --precision, --compile, devices) and the paths a GPU run takes
+"""machine/runtime.py (CPU bf16 detection, --precision, --compile, devices) and the paths a GPU run takes
 first, checked on a CPU: a training step under bf16 autocast, a step traced on the "meta" device
 (device placement, host syncs), a step and its log window traced for host traffic, the log window's
 non-finite stop, DDP's unmasked step, the Triton conv's dtype under autocast, bf16 feature extraction.
@@ -15,11 +15,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
-import objective
-import features
-import runtime
+from losses import build_models, compute_losses, ema_update
+from evaluation import features
+from machine import runtime
 import train
-import trainer
+from training import trainer
 from bench.probe import preset_encoder
 from bench.report import precisions, random_scans
 from bench.train_step import make_trainer
@@ -234,15 +234,15 @@ def test_step_traced_on_the_meta_device():
     the "meta" device (shapes only, nothing computed). A tensor created without device= (it lands on
     the CPU) or a host sync (.item(), .tolist(), if tensor:) fails here as it would cost a GPU run."""
     cfg = train.resolve_config({"preset": "demo", **TINY})
-    student, teacher = objective.build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
+    student, teacher = build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
     student.to("meta"), teacher.to("meta")
     x1, x2 = (torch.empty(4, len(SMALL_MAP), 100, device="meta") for _ in range(2))
     mask = torch.zeros(8, 4, 5, dtype=torch.bool, device="meta")
-    r = objective.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3)
+    r = compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3)
     assert {v.device.type for v in r.values()} == {"meta"}
     r["loss"].backward()
     assert all(p.grad is not None and p.grad.device.type == "meta" for p in student.parameters())
-    objective.ema_update(list(teacher.parameters()), list(student.parameters()), 0.99)
+    ema_update(list(teacher.parameters()), list(student.parameters()), 0.99)
 
 
 class HostTraffic(TorchDispatchMode):
@@ -296,16 +296,16 @@ def test_log_window_reports_the_first_watched_term_to_go_non_finite():
 
 
 def test_an_unmasked_batch_under_ddp_projects_no_token():
-    """Under DDP an unmasked step passes an all-False mask with masked=False (trainer.py): the mask
+    """Under DDP an unmasked step passes an all-False mask with masked=False (training/trainer.py): the mask
     embedding stays in the graph (DDP needs every parameter used), yet no token is projected and the
     losses are exactly those of no mask at all."""
     x1, x2 = (torch.randn(4, len(SMALL_MAP), 100) for _ in range(2))
     enc_cfg, results = train.encoder_config(train.resolve_config({"preset": "demo", **TINY})), []
     for mask, masked in ((None, None), (torch.zeros(8, 4, 5, dtype=torch.bool), False)):
-        student, teacher = objective.build_models(enc_cfg, SMALL_MAP, seed=0)
+        student, teacher = build_models(enc_cfg, SMALL_MAP, seed=0)
         rows = []
         student.head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
-        r = objective.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3, masked=masked)
+        r = compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3, masked=masked)
         r["loss"].backward()
         assert rows == [8 * (1 + 4)]                      # CLS + 4 network summaries of 2B = 8 crops
         results.append((r, student.encoder.mask_token.grad))

@@ -1,5 +1,6 @@
-"""Tests for scans.py: z-scoring, augmentation, the training batches (crops, epochs, ranks, resume),
-probe crops and FC (SPEC §1, §8, §9).
+"""What the method does to scans (data/preprocess.py, training/batches.py, data/connectivity.py):
+z-scoring, augmentation, the training batches (crops, epochs, ranks, resume), probe crops and FC
+(SPEC §1, §8, §9).
 
     python -m pytest -q tests/test_scans.py
 """
@@ -9,15 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import scans
+from data.scans import Scans
+from data.connectivity import fisher_z, group_fc, scan_fc
+from data.preprocess import augment, crop_starts, probe_crops, zscore
+from training.batches import TrainBatches
 from test_data import padded
 
 
 def test_zscore_over_valid_length_padding_zero():
     x = padded([80, 50], C=3, dtype=np.float16)
     x[0, 2, :80] = 1234.0                                          # flat ROI with a large offset
-    z = scans.zscore(x, np.array([80, 50]))
+    z = zscore(x, np.array([80, 50]))
     assert z.dtype == torch.float32 and z.shape == (2, 3, 80)
     v = z[1, :, :50]
     assert torch.allclose(v.mean(-1), torch.zeros(3), atol=1e-5)
@@ -30,7 +33,7 @@ def ramp_scans(lengths, C=4):
     x = np.full((len(lengths), C, max(lengths)), np.nan, dtype=np.float32)
     for i, n in enumerate(lengths):
         x[i, :, :n] = np.arange(n)
-    return data.Scans(data=x, lengths=np.array(lengths), subjects=[f"s{i}" for i in range(len(lengths))])
+    return Scans(data=x, lengths=np.array(lengths), subjects=[f"s{i}" for i in range(len(lengths))])
 
 
 @pytest.mark.parametrize("resident", [True, False])
@@ -38,9 +41,9 @@ def test_train_crops_are_valid_windows_and_short_scans_are_padded(resident, capl
     lengths = [130, 101, 100, 60, 250, 180]
     sc = ramp_scans(lengths)
     with caplog.at_level(logging.WARNING, logger="brain_semantoks.scans"):
-        tb = scans.TrainBatches(sc, crop_len=100, seed=3, augment=False, resident=resident)
+        tb = TrainBatches(sc, crop_len=100, seed=3, augment=False, resident=resident)
     assert "1 of 6 scans are shorter than the crop length 100" in caplog.text
-    zs = scans.zscore(sc.data, sc.lengths)                           # (S, C, T)
+    zs = zscore(sc.data, sc.lengths)                           # (S, C, T)
     for _ in range(5):
         x1, x2 = tb.next_batch(6)
         assert x1.shape == (6, 4, 100) and x1.dtype == torch.float32
@@ -57,10 +60,10 @@ def test_train_crops_are_valid_windows_and_short_scans_are_padded(resident, capl
 
 
 def test_resident_and_streaming_give_the_same_batches():
-    sc = data.Scans(data=padded([150, 120, 110, 140], C=5), lengths=np.array([150, 120, 110, 140]),
+    sc = Scans(data=padded([150, 120, 110, 140], C=5), lengths=np.array([150, 120, 110, 140]),
                     subjects=["a", "b", "c", "d"])
-    a = scans.TrainBatches(sc, crop_len=100, seed=1, resident=True)
-    b = scans.TrainBatches(sc, crop_len=100, seed=1, resident=False)
+    a = TrainBatches(sc, crop_len=100, seed=1, resident=True)
+    b = TrainBatches(sc, crop_len=100, seed=1, resident=False)
     for _ in range(3):
         for u, v in zip(a.next_batch(2), b.next_batch(2)):
             torch.testing.assert_close(u, v, atol=5e-3, rtol=0)   # float16 storage vs float32
@@ -69,7 +72,7 @@ def test_resident_and_streaming_give_the_same_batches():
 def test_augmentation_statistics():
     B, C, T = 4000, 50, 100
     g = torch.Generator().manual_seed(0)
-    y = scans.augment(torch.ones(B, C, T), g)
+    y = augment(torch.ones(B, C, T), g)
     zero = y.abs() < 0.5                                           # noise sd 0.1: kept entries are >= 0.8 - 5 sd
     roi_zeroed = zero.all(-1)                                      # (B, C)
     k = roi_zeroed.sum(1).float()
@@ -91,27 +94,27 @@ def test_augmentation_statistics():
 
 
 def test_same_seed_same_batches_and_state_dict_resume_is_exact():
-    sc = data.Scans(data=padded([150] * 10, C=5), lengths=np.full(10, 150), subjects=list("aabbccddee"))
+    sc = Scans(data=padded([150] * 10, C=5), lengths=np.full(10, 150), subjects=list("aabbccddee"))
 
     def batches(tb, n):
         return [torch.cat(tb.next_batch(2)) for _ in range(n)]
 
-    a, b = scans.TrainBatches(sc, seed=7), scans.TrainBatches(sc, seed=7)
+    a, b = TrainBatches(sc, seed=7), TrainBatches(sc, seed=7)
     head = batches(a, 3)
     assert all(torch.equal(u, v) for u, v in zip(head, batches(b, 3)))
-    assert not torch.equal(head[0], batches(scans.TrainBatches(sc, seed=8), 1)[0])
+    assert not torch.equal(head[0], batches(TrainBatches(sc, seed=8), 1)[0])
     state = a.state_dict()
     assert state == {"version": 1, "seed": 7, "epoch": 1, "pos": 2, "step": 3, "n_subjects": 5, "crop_len": 100}
     tail = batches(a, 4)                                           # crosses another epoch boundary
-    c = scans.TrainBatches(sc, seed=0)
+    c = TrainBatches(sc, seed=0)
     c.load_state_dict(state)
     assert all(torch.equal(u, v) for u, v in zip(tail, batches(c, 4)))
 
 
 def test_epoch_visits_each_subject_once_and_drops_the_tail():
     subjects = [f"s{i // 2}" for i in range(26)]                   # 13 subjects x 2 scans
-    sc = data.Scans(data=padded([100] * 26, C=3), lengths=np.full(26, 100), subjects=subjects)
-    tb = scans.TrainBatches(sc, seed=0, augment=False)
+    sc = Scans(data=padded([100] * 26, C=3), lengths=np.full(26, 100), subjects=subjects)
+    tb = TrainBatches(sc, seed=0, augment=False)
     assert tb.n_subjects == 13 and tb.steps_per_epoch(4) == 3
     scans_seen = []
     for epoch in range(3):
@@ -127,10 +130,10 @@ def test_epoch_visits_each_subject_once_and_drops_the_tail():
 
 
 def test_ranks_split_the_global_batch():
-    sc = data.Scans(data=padded([100] * 8, C=3), lengths=np.full(8, 100), subjects=list("abcdefgh"))
-    r0 = scans.TrainBatches(sc, seed=2, rank=0, world_size=2, augment=False)
-    r1 = scans.TrainBatches(sc, seed=2, rank=1, world_size=2, augment=False)
-    one = scans.TrainBatches(sc, seed=2, augment=False)
+    sc = Scans(data=padded([100] * 8, C=3), lengths=np.full(8, 100), subjects=list("abcdefgh"))
+    r0 = TrainBatches(sc, seed=2, rank=0, world_size=2, augment=False)
+    r1 = TrainBatches(sc, seed=2, rank=1, world_size=2, augment=False)
+    one = TrainBatches(sc, seed=2, augment=False)
     r0.next_batch(2)
     r1.next_batch(2)
     one.next_batch(4)
@@ -139,45 +142,45 @@ def test_ranks_split_the_global_batch():
 
 
 def test_probe_crop_starts_and_values():
-    np.testing.assert_array_equal(scans.crop_starts([100, 170, 50, 107]),
+    np.testing.assert_array_equal(crop_starts([100, 170, 50, 107]),
                                   [[0] * 8, [0, 10, 20, 30, 40, 50, 60, 70], [0] * 8, [0, 1, 2, 3, 4, 5, 6, 7]])
     sc = ramp_scans([170, 50, 107])
-    zs = scans.zscore(sc.data, sc.lengths)
-    crops = scans.probe_crops(sc, [2, 0, 1])
+    zs = zscore(sc.data, sc.lengths)
+    crops = probe_crops(sc, [2, 0, 1])
     assert crops.shape == (3, 8, 4, 100) and crops.dtype == torch.float32
     torch.testing.assert_close(crops[1, 3], zs[0, :, 30:130])
     torch.testing.assert_close(crops[0, 7], zs[2, :, 7:107])
     torch.testing.assert_close(crops[2, 5, :, :50], zs[1, :, :50])
     assert (crops[2, :, :, 50:] == 0).all()
-    assert scans.probe_crops(sc, [0], crop_len=40, n_crops=2).shape == (1, 2, 4, 40)
+    assert probe_crops(sc, [0], crop_len=40, n_crops=2).shape == (1, 2, 4, 40)
 
 
 def test_scan_fc_and_group_fc_match_numpy():
     x = padded([90, 60, 120], C=5, seed=4)
-    sc = data.Scans(data=x, lengths=np.array([90, 60, 120]), subjects=["a", "b", "c"])
-    fc = scans.scan_fc(sc, [1, 2])
+    sc = Scans(data=x, lengths=np.array([90, 60, 120]), subjects=["a", "b", "c"])
+    fc = scan_fc(sc, [1, 2])
     np.testing.assert_allclose(fc[0], np.corrcoef(x[1, :, :60]), atol=1e-5)
     np.testing.assert_allclose(fc[1], np.corrcoef(x[2, :, :120]), atol=1e-5)
-    g = scans.group_fc(sc)
-    ref = np.tanh(np.mean([scans.fisher_z(np.corrcoef(x[i, :, :n])) for i, n in enumerate([90, 60, 120])], 0))
+    g = group_fc(sc)
+    ref = np.tanh(np.mean([fisher_z(np.corrcoef(x[i, :, :n])) for i, n in enumerate([90, 60, 120])], 0))
     np.fill_diagonal(ref, 1)
     np.testing.assert_allclose(g, ref, atol=1e-5)
-    assert scans.group_fc(sc, max_scans=2).shape == (5, 5)
+    assert group_fc(sc, max_scans=2).shape == (5, 5)
 
 
 def test_fisher_z_is_arctanh_and_finite_at_one():
     r = np.array([-0.9, 0.0, 0.3, 0.999])
-    np.testing.assert_allclose(scans.fisher_z(r), np.arctanh(r), rtol=1e-12)
-    z = scans.fisher_z(np.array([-1.0, 1.0]))                              # a diagonal, a duplicated ROI
+    np.testing.assert_allclose(fisher_z(r), np.arctanh(r), rtol=1e-12)
+    z = fisher_z(np.array([-1.0, 1.0]))                              # a diagonal, a duplicated ROI
     assert np.isfinite(z).all() and z[1] == -z[0] > 7
-    assert scans.fisher_z(np.float32(0.5)).dtype == np.float32            # the FC features stay float32
+    assert fisher_z(np.float32(0.5)).dtype == np.float32            # the FC features stay float32
 
 
 def test_sampler_errors():
-    sc = data.Scans(data=padded([100] * 4, C=3), lengths=np.full(4, 100), subjects=list("aabb"))
-    tb = scans.TrainBatches(sc)
+    sc = Scans(data=padded([100] * 4, C=3), lengths=np.full(4, 100), subjects=list("aabb"))
+    tb = TrainBatches(sc)
     with pytest.raises(ValueError, match=r"batch size 3 is larger than the number of subjects \(2\)"):
         tb.next_batch(3)
-    other = scans.TrainBatches(data.Scans(data=padded([100] * 3, C=3), lengths=np.full(3, 100), subjects=list("abc")))
+    other = TrainBatches(Scans(data=padded([100] * 3, C=3), lengths=np.full(3, 100), subjects=list("abc")))
     with pytest.raises(ValueError, match="sampler state is for 3 subjects .* but the data have 2 subjects"):
         tb.load_state_dict(other.state_dict())

@@ -1,9 +1,9 @@
-"""Schedules of SPEC §7-8 as pure functions of the step (schedules.py)."""
+"""Schedules of SPEC §7-8 as pure functions of the step (training/schedules.py)."""
 import math
 
 import pytest
 
-from schedules import (ema_momentum_at, lr_at, steps_per_epoch, ttr_weight_at, warmup_steps,
+from training.schedules import (ema_momentum_at, lr_at, steps_per_epoch, ttr_weight_at, warmup_steps,
                        weight_decay_at)
 
 

@@ -1,4 +1,4 @@
-"""The built-in synthetic cohort (synthetic.py): files and labels, the subject fingerprint, caching
+"""The built-in synthetic cohort (data/synthetic.py): files and labels, the subject fingerprint, caching
 and version bumps, and each label mechanism, measured with the statistic it changes: present at the
 default effect size, absent when that size is 0."""
 import csv
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import synthetic
-from scans import fisher_z, scan_fc, zscore
+from data.load import load_scans
+from data import synthetic
+from data.connectivity import fisher_z, scan_fc
+from data.preprocess import zscore
 
 NET9 = np.repeat(np.arange(9), 4)       # 36 ROIs in the 9 networks of the default map (fast)
 
@@ -18,7 +19,7 @@ NET9 = np.repeat(np.arange(9), 4)       # 36 ROIs in the 9 networks of the defau
 def test_synthetic_cohort_files_labels_and_disjoint_subjects(tmp_path):
     d = synthetic.make_synthetic_cohort(tmp_path, n_pretrain_subjects=6, scans_per_subject=2, n_probe=8,
                                         length_range=(40, 60), seed=1)
-    pre, probe = data.load_scans(d / "pretrain.npy"), data.load_scans(d / "probe.npy")
+    pre, probe = load_scans(d / "pretrain.npy"), load_scans(d / "probe.npy")
     assert pre.data.dtype == np.float16 and pre.data.shape == (12, 457, 60) and probe.data.shape == (8, 457, 60)
     assert pre.lengths.min() >= 40 and pre.lengths.max() <= 60 and np.isnan(pre.data[0, 0, pre.lengths[0]:]).all()
     assert pre.subjects[:4] == ["pre0000", "pre0000", "pre0001", "pre0001"] and pre.n_subjects == 6
@@ -51,7 +52,7 @@ def test_synthetic_subjects_have_a_within_network_fingerprint(tmp_path):
         d = synthetic.make_synthetic_cohort(tmp_path / str(topography), n_pretrain_subjects=6, scans_per_subject=2,
                                             n_probe=2, length_range=(300, 300), seed=3, topography=topography,
                                             **sizes)
-        fc = scan_fc(data.load_scans(d / "pretrain.npy"))                  # (12, C, C)
+        fc = scan_fc(load_scans(d / "pretrain.npy"))                  # (12, C, C)
         m = np.loadtxt(d / "network_map.txt", dtype=int)
         i, j = np.triu_indices(len(m), 1)
         w = fc[:, i[m[i] == m[j]], j[m[i] == m[j]]]                              # within-network edges
@@ -72,7 +73,7 @@ def test_ensure_synthetic_cohort_reuses_and_repairs(tmp_path, capsys):
     assert "generating" not in err and "SYNTHETIC" in err and (d / "probe.npy").stat().st_mtime_ns == before
     (d / "pretrain.npy").write_bytes(b"garbage")
     synthetic.ensure_synthetic_cohort(d, **kw)
-    assert "unreadable" in capsys.readouterr().err and data.load_scans(d / "pretrain.npy").data.shape[0] == 8
+    assert "unreadable" in capsys.readouterr().err and load_scans(d / "pretrain.npy").data.shape[0] == 8
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]          # fileio.atomic_write's temporaries
 
 
@@ -105,7 +106,7 @@ def _cohort(path, **sizes):
                                         length_range=(300, 300), network_map=NET9, seed=1, **sizes)
     rows = list(csv.reader((d / "probe_labels.csv").read_text().splitlines()))
     labels = {h: np.array([float(r[i]) for r in rows[1:]]) for i, h in enumerate(rows[0]) if h != "subject"}
-    return data.load_scans(d / "probe.npy"), labels
+    return load_scans(d / "probe.npy"), labels
 
 
 def _fc_block(fc, a, b):

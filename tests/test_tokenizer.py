@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from training import checkpoint
 import kernels
-import networks
+from data import networks
 from kernels.composed import compose_weights
 from tokenizer import SemanticTokenizer
 

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import data
+from training import checkpoint
+from data.load import load_scans
 import kernels
-import monitor
-import objective
-import synthetic
+from training import monitor
+from losses import build_models, compute_losses
+from data import synthetic
 import train
-import trainer
+from training import trainer
 from conftest import SMALL_MAP, TINY, TINY_RUN, script_env, use_test_settings
-from scans import probe_crops
+from data.preprocess import probe_crops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FP32 = [*TINY_RUN, "--precision", "fp32"]   # the same numbers on every CPU (auto: bf16 where the CPU has it)
@@ -116,7 +116,7 @@ def test_synthetic_run_writes_loadable_teacher(cohort, tmp_path, monkeypatch, ca
     raw = torch.load(out / "teacher.pt", weights_only=True)
     assert raw["step"] == 3 and raw["train_config"]["dim"] == 32
     enc, meta = checkpoint.load_teacher(out / "teacher.pt")
-    x = probe_crops(data.load_scans(cohort / "probe.npy"), n_crops=2).flatten(0, 1)
+    x = probe_crops(load_scans(cohort / "probe.npy"), n_crops=2).flatten(0, 1)
     with torch.no_grad():
         f = enc.features(x)
     assert f.shape == (8, 64) and torch.isfinite(f).all()
@@ -183,7 +183,7 @@ def _fixed_inputs(b2):
 
 def _tiny_models():
     cfg = train.resolve_config({"preset": "demo", **TINY})
-    return objective.build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
+    return build_models(train.encoder_config(cfg), SMALL_MAP, seed=0)
 
 
 def _ddp_worker(rank, world, port, path):
@@ -196,7 +196,7 @@ def _ddp_worker(rank, world, port, path):
     b = x1.shape[0] // world
     mine = slice(rank * b, (rank + 1) * b)
     m = torch.cat([mask[:world * b][mine], mask[world * b:][mine]])     # this rank's rows of both views
-    r = objective.compute_losses(model, teacher, x1[mine], x2[mine], m, ttr_w=0.3)
+    r = compute_losses(model, teacher, x1[mine], x2[mine], m, ttr_w=0.3)
     r["loss"].backward()
     if rank == 0:
         torch.save({"losses": {k: v.detach() for k, v in r.items()},
@@ -234,7 +234,7 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
 
     student, teacher = _tiny_models()
     x1, x2, mask = _fixed_inputs(8)
-    r = objective.compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3)
+    r = compute_losses(student, teacher, x1, x2, mask, ttr_w=0.3)
     r["loss"].backward()
     for k in ("cls", "ttr", "comp", "expa"):   # global-batch terms: identical on every rank
         assert got["losses"][k].item() == pytest.approx(r[k].item(), rel=1e-5, abs=1e-6), k
@@ -245,7 +245,7 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(small, tmp_path, monkeypatch, capsys):
-    real, calls = objective.compute_losses, []
+    real, calls = compute_losses, []
 
     def poisoned(*a, **k):
         r = real(*a, **k)
@@ -343,7 +343,7 @@ def test_bad_inputs_give_clear_cli_errors(case, match, small, tmp_path, capsys):
 
 def test_global_batch_must_split_over_the_processes(small):
     cfg = train.resolve_config({"preset": "demo", "batch_size": 8})
-    scans = data.load_scans(small / "pretrain.npy")
+    scans = load_scans(small / "pretrain.npy")
     with pytest.raises(ValueError, match="--batch-size 8 is not divisible by the 3 processes"):
         train.training_batches(cfg, scans, train.encoder_config(cfg), torch.device("cpu"), rank=0, world=3)
 

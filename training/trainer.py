@@ -1,7 +1,9 @@
 """The training loop of self-distillation pretraining: one optimizer step, and what the loop logs and
 checkpoints between steps (SPEC §6-8). train.py is the driver that sets it up and calls `train_loop`.
 
-- `Trainer` holds the student, the EMA teacher (objective.py), AdamW and the batch source;
+- `param_groups` says which parameters AdamW weight-decays (SPEC §8).
+
+- `Trainer` holds the student, the EMA teacher (losses.py), AdamW and the batch source;
   `Trainer.step(i)` draws step i's batch and slice mask, evaluates the schedules (schedules.py) and
   makes one update: losses, backward, grad-norm clip, AdamW, EMA.
 - `LogWindow` sums each step's losses and monitors on the device (nothing read back or copied in
@@ -23,14 +25,34 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-import checkpoint
-import runtime
-import seeding
-from fileio import atomic_write
+from losses import build_models, compute_losses, ema_update
+from machine import runtime, seeding
+from machine.fileio import atomic_write
 from masking import slice_mask
-from monitor import collapse_warning
-from objective import build_models, compute_losses, ema_update, param_groups
-from schedules import ema_momentum_at, lr_at, ttr_weight_at, warmup_steps, weight_decay_at
+from training import checkpoint
+from training.monitor import collapse_warning
+from training.schedules import ema_momentum_at, lr_at, ttr_weight_at, warmup_steps, weight_decay_at
+
+WEIGHT_DECAY_POLICIES = ("all", "dino")
+
+
+def param_groups(model, policy="all"):
+    """AdamW parameter groups.
+
+    "all" (the published run): every parameter is weight-decayed, biases, norms, embeddings and
+    tokenizer included. "dino": no decay on biases, norm weights, LayerScale and the CLS / mask /
+    network embeddings (DINO's convention), decay on the rest."""
+    if policy not in WEIGHT_DECAY_POLICIES:
+        raise ValueError(f"unknown weight-decay policy {policy!r}; choose one of {WEIGHT_DECAY_POLICIES}")
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        plain = policy == "dino" and (p.ndim <= 1 or leaf.endswith("bias") or "norm" in name
+                                      or leaf in ("cls_token", "mask_token", "network_embed"))
+        (no_decay if plain else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
 
 
 class Trainer:

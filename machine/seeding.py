@@ -9,12 +9,12 @@ are the same sequence (short entropy is zero-padded), so a batch stream (s, 1, s
 repeat a mask stream (s, 1, step).
 
 - `rng(*key)`: a numpy Generator (e.g. Trainer.masked_at's per-step "mask this step?" draw).
-- `torch_seed(*key)`: an int for torch.Generator.manual_seed (scans.TrainBatches' epoch order and
-  batch draws, trainer.py's slice masks), so torch generators on any device follow the same rule.
+- `torch_seed(*key)`: an int for torch.Generator.manual_seed (training/batches.py's epoch order and
+  batch draws, training/trainer.py's slice masks), so torch generators on any device follow the same rule.
 
 No SPEC section (SPEC §8 only asks for reproducible runs).
 
-    python -c "import seeding; print(seeding.torch_seed(0, 1, 5))"
+    python -c "from machine import seeding; print(seeding.torch_seed(0, 1, 5))"
 """
 import numpy as np
 

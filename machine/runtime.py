@@ -18,7 +18,7 @@ probing and the benchmarks make the same choices:
 - `resolve_compile(choice, device)`: `--compile {auto,on,off}`; auto compiles on CUDA only.
 - `tune_cpu(device)`: flush denormals, and on a CPU run keep freed memory in the heap.
 
-    python runtime.py          # print what this machine gets for --precision auto and --compile auto
+    python -m machine.runtime   # print what this machine gets for --precision auto and --compile auto
 """
 import contextlib
 import ctypes

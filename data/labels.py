@@ -1,12 +1,12 @@
 """Labels, tasks and subject splits: what a linear probe predicts, and how subjects are divided
 (SPEC §9).
 
-- `read_labels(path)`: a CSV/TSV with a header row and one column per task; `MISSING` lists the
+- `read_labels(path)`: a CSV/TSV with a header row and one column per task; `MISSING` (files.py) lists the
   spellings of a missing value ("", NA, n/a, nan, none, null, ?; any case): that scan is dropped
-  for that task. The same tokens mark missing values in the time-series tables data.py reads.
+  for that task. The same tokens mark missing values in the time-series tables files.py reads.
 - `scan_labels(...)` / `task_labels(...)`: tie label rows to scans, by subject id (a `subject`,
   `subject_id` or `participant_id` column; a leading "sub-" is ignored) when the scans carry ids,
-  else row by row; or read a label dataset of an .h5 in the authors' layout (h5data.py).
+  else row by row; or read a label dataset of an .h5 in the authors' layout (h5.py).
 - `make_task(name, values, subjects)` -> `Task`: classes or regression (at most 10 distinct
   integers or strings: classes; --task-type overrides; --bins k: k quantile classes), with the
   scans collapsed to subjects, the unit of splitting and scoring.
@@ -14,7 +14,7 @@
   class; all scans of a subject land in one split. `check_splittable` says before any work
   when a task is too small for that.
 
-    python labels.py labels.csv TASK   # how a column would be probed: task type, classes, subjects
+    python -m data.labels labels.csv TASK   # how a column would be probed: task type, classes, subjects
 """
 import csv
 from dataclasses import dataclass, field
@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from data.files import MISSING
+from machine.cli import cli
+
 MAX_CLASSES = 10                      # auto task type: at most this many distinct values -> classes
 SUBJECT_COLUMNS = ("subject", "subject_id", "participant_id")
-MISSING = {"", "na", "nan", "n/a", "none", "null", "?"}   # compared lower-case
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ def task_labels(task, labels_path, scans, table=None):
     file, or (labels_path None) from the label datasets of the .h5 file the scans came from.
     table: read_labels(labels_path) already read, so that --task all reads the file once."""
     if labels_path is None:
-        from h5data import read_label   # h5py only for .h5 data
+        from data.h5 import read_label   # h5py only for .h5 data
         values = read_label(scans.source, task, len(scans))
         return [None if v is None or v.lower() in MISSING else v for v in values], list(scans.subjects), []
     header, rows = table or read_labels(labels_path)
@@ -117,7 +119,7 @@ def label_columns(labels_path, scans, table=None):
     """Every task of a labels file (its columns but the subject column), or (labels_path None) the
     label datasets of the .h5 file the scans came from. table: as in task_labels."""
     if labels_path is None:
-        from h5data import label_names
+        from data.h5 import label_names
         return label_names(scans.source, len(scans))
     header, _ = table or read_labels(labels_path)
     return [h for h in header if h.lower() not in SUBJECT_COLUMNS]
@@ -285,12 +287,11 @@ def check_splittable(task, ratios):
 def main(argv=None):
     import argparse
 
-    import features   # the scripts' error convention (features -> data imports this module: not at the top)
     p = argparse.ArgumentParser(description="How a column of a labels file would be probed: task type, classes, "
                                             "subjects (rows are scans in order; a subject column groups them)")
     p.add_argument("labels", help="CSV/TSV with a header row")
     p.add_argument("task", help="the column")
-    return features.cli(_describe, p.parse_args(argv), "labels.py")
+    return cli(_describe, p.parse_args(argv), "labels.py")
 
 
 def _describe(args):

@@ -17,9 +17,9 @@ array and reads only the scans asked for; valid lengths come from ROI 0 alone, i
 .npy, the other ROIs are not scanned for stray NaN/inf (that would read the whole file); like the
 authors' code, z-scoring turns a NaN inside a scan into 0. `tr=` resampling builds the result in RAM.
 
-data.load_scans dispatches .h5/.hdf5 files to `load_h5`; labels.py reads labels with `read_label`.
+load.load_scans dispatches .h5/.hdf5 files to `load_h5`; labels.py reads labels with `read_label`.
 
-    python h5data.py dataset.h5     # describe a file: atlases, scans, lengths, label datasets
+    python -m data.h5 dataset.h5     # describe a file: atlases, scans, lengths, label datasets
 """
 import math
 import sys
@@ -28,9 +28,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-import data
-from fileio import file_key
-from progress import Progress
+from data.scans import Scans, check_lengths, resample_array, roi0_lengths
+from machine.fileio import file_key
+from machine.progress import Progress
 
 ATLASES = ("schaefer400", "tian3", "buckner7")   # concatenation order (SPEC §2)
 NOT_LABELS = ("timeseries", "long_subject_id", "ts_len")
@@ -39,7 +39,7 @@ NOT_LABELS = ("timeseries", "long_subject_id", "ts_len")
 class H5Array:
     """The three atlas datasets as one lazily read (S, C, T) array, concatenated along ROIs.
 
-    Serves what data.py and scans.py ask of Scans.data: `.shape`, `.dtype`, `len()`, and indexing
+    Serves what load.py and preprocess.py ask of Scans.data: `.shape`, `.dtype`, `len()`, and indexing
     whose first index picks scans (an int, a slice, or an array of indices; further indices apply to
     the (ROI, time) block read). No np.asarray: that would read the whole file into RAM. h5py needs increasing indices, so an index array is sorted and
     de-duplicated for the read and the rows are put back in the order asked."""
@@ -110,7 +110,7 @@ def _lengths(first_atlas, ts_len):
     progress = Progress(S, "reading scan lengths", min_total=math.inf)   # shown after 2 s
     for s0 in range(0, S, step):
         first = np.isnan(first_atlas[s0:s0 + step, 0, :])                   # (b, T) ROI 0 only
-        lengths[s0:s0 + len(first)] = data._roi0_lengths(first, s0, None)
+        lengths[s0:s0 + len(first)] = roi0_lengths(first, s0, None)
         progress.update(s0 + len(first))
     return lengths if ts_len is None else np.minimum(lengths, ts_len)
 
@@ -176,8 +176,8 @@ def _as_text(v):
     return str(v).strip()
 
 
-def load_h5(path, tr=None, n_rois=None, need_ids=True) -> data.Scans:
-    """An .h5 file in the authors' layout -> data.Scans whose data is an H5Array (or, with tr, the
+def load_h5(path, tr=None, n_rois=None, need_ids=True) -> Scans:
+    """An .h5 file in the authors' layout -> Scans whose data is an H5Array (or, with tr, the
     resampled scans in RAM). n_rois: the network map's length, checked. need_ids: require
     long_subject_id (False when the caller supplies the ids: it is then not read)."""
     path = Path(path)
@@ -193,16 +193,16 @@ def load_h5(path, tr=None, n_rois=None, need_ids=True) -> data.Scans:
                              f"order (the default map is the authors' 400 + 50 + 7 = 457)")
         subjects = _subject_ids(f, S, path, need_ids)
         lengths = _lengths(sets[0], _ts_len(f, S, path))
-        data._check_lengths(lengths, None)
+        check_lengths(lengths, None)
         if tr is not None:
-            x, lengths = data._resample_array(x, lengths, tr)
-            data._check_lengths(lengths, None, resampled=True)
+            x, lengths = resample_array(x, lengths, tr)
+            check_lengths(lengths, None, resampled=True)
             f.close()
     except BaseException:
         f.close()
         raise
-    return data.Scans(data=x, lengths=lengths, subjects=subjects, source=str(path.resolve()),
-                      key=file_key([path], "h5", tr))
+    return Scans(data=x, lengths=lengths, subjects=subjects, source=str(path.resolve()),
+                 key=file_key([path], "h5", tr))
 
 
 def label_names(path, n_scans) -> list:
@@ -236,7 +236,7 @@ def read_label(path, name, n_scans) -> list:
 
 
 if __name__ == "__main__":
-    sc = data.load_scans(sys.argv[1])
+    sc = load_h5(sys.argv[1])
     print(f"{sc.source}: {len(sc)} scans, {sc.n_subjects} subjects, {sc.n_rois} ROIs "
           f"({' + '.join(f'{a} {d.shape[1]}' for a, d in zip(ATLASES, sc.data.datasets))}), "
           f"{sc.data.dtype}, valid lengths {sc.lengths.min()}-{sc.lengths.max()}")

@@ -6,7 +6,7 @@ subject ids beside it; a labels CSV for probe.py, SPEC §9) over the default 457
 layout (SPEC §2). It is a measuring instrument, not real fMRI: every label says which mechanism
 carries it, so the probe table tells what a frozen encoder captures and what it misses.
 
-    python synthetic.py          # write (or reuse) ./synthetic/ and describe the cohort and its labels
+    python -m data.synthetic     # write (or reuse) ./synthetic/ and describe the cohort and its labels
 
 Generative model (TR 2.0 s), per scan s of subject i:
 
@@ -86,8 +86,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data import TR, subjects_path
-from fileio import atomic_write
+from data.load import subjects_path
+from data.networks import default_network_map
+from data.scans import TR
+from machine.fileio import atomic_write
 
 SYNTH_VERSION = 3   # bump whenever the generator changes: cached cohorts with another version are rebuilt
 MECHANISMS = ("within", "between", "gain", "timescale")
@@ -227,7 +229,6 @@ def make_synthetic_cohort(out_dir, n_pretrain_subjects=200, scans_per_subject=2,
     a mechanism on a network the map lacks is dropped. Every file is written atomically
     (fileio.atomic_write), so a reader never sees half a file."""
     if network_map is None:
-        from networks import default_network_map
         network_map = default_network_map()
     roi_net = np.asarray(network_map, dtype=np.int64)
     N, C, J = int(roi_net.max()) + 1, len(roi_net), 1 + int(sub_sources)
@@ -304,8 +305,8 @@ def _write_scans(out_dir, name, x, subjects):
 
 
 def default_synthetic_dir() -> Path:
-    """`synthetic/` in the repository (git-ignored)."""
-    return Path(__file__).resolve().parent / "synthetic"
+    """`synthetic/` at the top of the repository (git-ignored)."""
+    return Path(__file__).resolve().parents[1] / "synthetic"
 
 
 def _synthetic_problem(d, expect):
@@ -376,7 +377,7 @@ def describe_labels():
 
 
 if __name__ == "__main__":
-    from data import load_scans
+    from data.load import load_scans
     t0 = time.time()
     folder = ensure_synthetic_cohort()
     for name in ("pretrain", "probe"):
@@ -386,4 +387,4 @@ if __name__ == "__main__":
     print(f"labels ({folder / 'probe_labels.csv'}; mechanisms and network ids, + up / - down for label 1 "
           f"or older age):\n{describe_labels()}")
     print(f"cohort v{SYNTH_VERSION} ({time.time() - t0:.1f} s); the model and effect sizes: "
-          f"python -c 'import synthetic; help(synthetic)'")
+          f"python -c 'import data.synthetic as s; help(s)'")

@@ -13,8 +13,8 @@ import json
 
 import numpy as np
 
-from fileio import atomic_write
-from linear_probe import ALPHA_GRID, C_GRID, METRICS, PRIMARY
+from evaluation.linear_probe import ALPHA_GRID, C_GRID, METRICS, PRIMARY
+from machine.fileio import atomic_write
 
 METHOD_TITLES = {"teacher": "pretrained teacher", "random": "random-init encoder", "fc": "FC (Fisher-z)"}
 SHORT_TITLES = {"teacher": "teacher", "random": "random enc.", "fc": "FC"}

@@ -11,7 +11,7 @@
 No SPEC section: plumbing. Used wherever the pipeline writes a file or keys a cache (grep for
 atomic_write and file_key).
 
-    python -c "import fileio; print(fileio.file_key(['fileio.py']))"
+    python -c "from machine.fileio import file_key; print(file_key(['README.md']))"
 """
 import contextlib
 import hashlib

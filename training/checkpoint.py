@@ -17,14 +17,14 @@ without DDP's "module." prefix, e.g. their released UK Biobank model) are read w
 `load_teacher` (probe.py, embed.py) and `load_init` (train.py --init-from). Their sizes are read
 from the tensor shapes; `import_authors` maps their per-network tensors to our layout.
 
-Writes are atomic (fileio.atomic_write: a temporary file in the same folder, fsync, os.replace),
+Writes are atomic (machine/fileio.atomic_write: a temporary file in the same folder, fsync, os.replace),
 so a crash or a kill mid-write leaves the previous checkpoint intact. Every read is
 torch.load(weights_only=True) and turns every failure into a ValueError that says what is wrong
 with the file.
 
-    from checkpoint import load_teacher
+    from training.checkpoint import load_teacher
     encoder, meta = load_teacher("runs/demo/teacher.pt")                 # ours, or the authors' .pth
-    python checkpoint.py convert THEIRS.pth --out teacher.pt             # the authors' .pth -> ours, once
+    python -m training.checkpoint convert THEIRS.pth --out teacher.pt             # the authors' .pth -> ours, once
 """
 import os
 import pickle
@@ -34,8 +34,10 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from fileio import atomic_write
-from networks import network_names
+from data.networks import default_network_map, load_network_map, network_names, validate_network_map
+from encoder import Encoder, EncoderConfig, sincos_embedding
+from machine.cli import cli
+from machine.fileio import atomic_write
 
 TEACHER_FORMAT = "brain-semantoks/teacher"
 STATE_FORMAT = "brain-semantoks/state"
@@ -115,7 +117,6 @@ def load_teacher(path, map_location="cpu", network_map=None, dtype=None):
 
 def _teacher_from(obj, path, map_location="cpu", network_map=None, dtype=None):
     """load_teacher on a checkpoint already read (convert reads it first to find its dtype)."""
-    from encoder import Encoder
     if _authors_state_dict(obj) is not None:
         config, m, states = import_authors(obj, network_map, path)
         state, meta = states["teacher"]["encoder"], {
@@ -143,7 +144,6 @@ def _teacher_from(obj, path, map_location="cpu", network_map=None, dtype=None):
 
 
 def _our_config(obj, path):
-    from encoder import EncoderConfig
     try:
         return EncoderConfig(**obj["encoder_config"])
     except (KeyError, TypeError) as e:
@@ -192,7 +192,6 @@ def _need(sd, key, shape, why, path):
 
 def _authors_config(sd, config, n_networks, path):
     """EncoderConfig and the used tokenizers' atlas name, from the shapes of the teacher's tensors."""
-    from encoder import EncoderConfig
     t, tf = "teacher_encoder.", "teacher_encoder.inter_network_transformer."
     D = _need(sd, tf + "cls_token", None, "the CLS token gives the width D", path).shape[-1]
     P = _need(sd, tf + "temporal_pos_embedding", None, "it gives the patches per crop", path).shape[0]
@@ -253,7 +252,6 @@ def _authors_tokenizer(sd, pre, cfg, counts, path):
 
 def _authors_encoder(sd, role, atlas, cfg, m, path):
     """One of their encoders (role "teacher_encoder." or "student_encoder.") -> our Encoder state dict."""
-    from encoder import sincos_embedding
     D, N, P = cfg.dim, int(m.max()) + 1, cfg.crop_len // cfg.patch_len
     tf, why = role + "inter_network_transformer.", f"D {D}, {N} networks, {P} patches"
     need = lambda key, shape, w=why: _need(sd, key, shape, w, path)  # noqa: E731
@@ -295,7 +293,6 @@ def import_authors(obj, network_map=None, path="checkpoint"):
     `network_map`: ROI -> network ids (default: the 457-ROI layout of SPEC §2). Tensors their
     forward never uses (other atlases' tokenizer copies, the transformer's inner norm, the mask
     predictor, which equals the predictor) are ignored."""
-    from networks import default_network_map, validate_network_map
     sd = _authors_state_dict(obj)
     if sd is None:
         raise ValueError(f"{path} is not a checkpoint of the authors' code (no teacher_encoder.* tensors)")
@@ -366,7 +363,6 @@ def convert(src, out, network_map=None):
 def main(argv=None):
     import argparse
 
-    import features   # the scripts' error convention (features imports this module: not at the top)
     p = argparse.ArgumentParser(description="Checkpoint tools. convert: a checkpoint of the authors' code "
                                             "(their main.py dict or a bare model_state_dict) -> our teacher.pt.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -375,12 +371,11 @@ def main(argv=None):
     c.add_argument("--out", required=True, help="where to write teacher.pt")
     c.add_argument("--networks", default="default", help="ROI -> network map the model was trained with: "
                    "default (SPEC §2, 457 ROIs) or a file of one network id per ROI (default: %(default)s)")
-    features.cli(_convert_cli, p.parse_args(argv), "checkpoint.py")
+    cli(_convert_cli, p.parse_args(argv), "checkpoint.py")
 
 
 def _convert_cli(args):
     """checkpoint.py convert: write teacher.pt and say what it holds."""
-    from networks import load_network_map
     encoder, meta = convert(args.src, args.out, load_network_map(args.networks))
     cfg = meta["encoder_config"]
     print(f"wrote {args.out}: teacher encoder D {cfg['dim']}, depth {cfg['depth']}, {cfg['heads']} heads, "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scans import probe_crops
+from data.preprocess import probe_crops
 
 # A collapsed teacher, as it looked when a paper-size run collapsed on an H100 (BENCHMARKS.md, GPU):
 # mean pairwise CLS cosine 0.999-1.000 and projection std 0.0002-0.001, against 0.96 and 0.014 at

@@ -17,7 +17,7 @@ import math
 def steps_per_epoch(n_subjects, global_batch):
     """An epoch visits each subject once, a global batch never holds a subject twice and the tail
     smaller than a batch is dropped: n_subjects // global_batch steps, at least one (so that --epochs
-    always gives a run). The one place this is computed: scans.TrainBatches.steps_per_epoch calls it."""
+    always gives a run). The one place this is computed: batches.TrainBatches.steps_per_epoch calls it."""
     return max(1, n_subjects // global_batch)
 
 

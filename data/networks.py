@@ -6,7 +6,7 @@ default 457-ROI map (Schaefer-400 7-network + Tian S3 + Buckner 7), loading and 
 maps (any atlas, any N), deriving a map from group-mean FC (spectral clustering, the method's
 "future work"), and a plot of FC ordered by network.
 
-    python -c "import networks; print(networks.default_network_map().shape)"
+    python -c "from data.networks import default_network_map; print(default_network_map().shape)"
 """
 from pathlib import Path
 

@@ -6,7 +6,7 @@ and as a line every 5 s in a log file. Jobs too small to wait on stay silent: a 
 when total >= min_total, or once the job has run for more than 2 s. No SPEC section: this is
 plumbing, not the method.
 
-    python progress.py      # a 5 s demo line
+    python -m machine.progress      # a 5 s demo line
 """
 import sys
 import time

@@ -21,7 +21,7 @@ from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_sco
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from labels import split_subjects
+from data.labels import split_subjects
 
 C_GRID = np.logspace(-4, 1, 6)        # LogisticRegression C, strongest regularisation first (warm starts)
 ALPHA_GRID = np.logspace(-2, 6, 9)    # Ridge alpha

@@ -1,0 +1,12 @@
+"""Judging a pretrained model: frozen features, the linear probe, and the reports (SPEC §9).
+probe.py and embed.py drive it.
+
+Read in this order:
+
+- `options.py`       the model and data options probe.py and embed.py share, and the built-in cohort
+- `features.py`      frozen features per scan (teacher, FC, random encoder) and their on-disk cache
+- `linear_probe.py`  fit and score a linear probe on one split, repeats, paired differences
+- `report.py`        tables, JSON and plots of the probe results
+
+Imports the method (encoder.py), data/ and machine/; never a command.
+"""
