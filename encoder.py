@@ -150,8 +150,24 @@ class Encoder(nn.Module):
         z = self.norm(z)
         return z[:, 0], z[:, 1:]
 
-    def features(self, x):
-        """Probe features (B, 2D) = concat[mean of the N*P output tokens, CLS] (SPEC §9); no mask.
+    def network_mask(self, batch, masked_networks, device=None):
+        """The token mask (B, N, P) that hides whole networks in every patch: True for the networks in
+        `masked_networks` (ids, or a bool (N,)), None when it is None or names no network."""
+        if masked_networks is None:
+            return None
+        hide = torch.zeros(self.n_networks, dtype=torch.bool)
+        ids = torch.as_tensor(masked_networks).reshape(-1)
+        hide[ids if ids.dtype == torch.bool else ids.long()] = True
+        if not hide.any():
+            return None
+        return hide.to(device)[None, :, None].expand(batch, self.n_networks, self.n_patches)
+
+    def features(self, x, masked_networks=None):
+        """Probe features (B, 2D) = concat[mean of the N*P output tokens, CLS] (SPEC §9).
+
+        masked_networks: networks whose tokens the mask embedding replaces in every patch, as the
+        authors' extract_features(..., network_mask=the others) does (atlases a scan lacks; what one
+        network carries). The mean still runs over all N*P tokens, masked ones included, as theirs.
         Gradients flow as usual: wrap in torch.no_grad() for frozen extraction."""
-        cls, tokens = self(x)
+        cls, tokens = self(x, self.network_mask(x.shape[0], masked_networks, x.device))
         return torch.cat([tokens.mean(1), cls], -1)

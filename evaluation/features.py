@@ -29,11 +29,13 @@ from machine.fileio import atomic_write, file_key
 from machine.progress import Progress
 
 
-def encoder_features(encoder, scans, n_crops=8, batch_size=64, device="cpu", label="features", precision="auto"):
+def encoder_features(encoder, scans, n_crops=8, batch_size=64, device="cpu", label="features", precision="auto",
+                     masked_networks=None):
     """Frozen features of every probe crop -> (S, n_crops, 2D) float32.
 
     Batched under inference_mode. precision: fp32, bf16 (autocast), or auto = runtime.resolve_precision
-    (bf16 on CUDA and on CPUs with native bf16). The features are returned as float32 either way."""
+    (bf16 on CUDA and on CPUs with native bf16). The features are returned as float32 either way.
+    masked_networks: networks replaced by the mask embedding in every crop (Encoder.features)."""
     encoder = encoder.to(device).eval()
     per_batch = max(1, batch_size // n_crops)                      # scans per forward
     S, D2 = len(scans), 2 * encoder.config.dim
@@ -46,7 +48,7 @@ def encoder_features(encoder, scans, n_crops=8, batch_size=64, device="cpu", lab
         for s0 in range(0, S, per_batch):
             idx = np.arange(s0, min(S, s0 + per_batch))
             crops = probe_crops(scans, idx, encoder.config.crop_len, n_crops, dev)  # (s, n_crops, C, T')
-            f = encoder.features(crops.flatten(0, 1))                  # (s*n_crops, 2D)
+            f = encoder.features(crops.flatten(0, 1), masked_networks)  # (s*n_crops, 2D)
             out[idx] = f.float().cpu().numpy().reshape(len(idx), n_crops, D2)
             progress.update(int(idx[-1] + 1) * n_crops)
     return out

@@ -113,6 +113,23 @@ def test_masked_network_is_invisible():
         assert not torch.allclose(enc(x)[0], enc(x2)[0])
 
 
+
+def test_features_with_masked_networks_equal_the_hand_built_mask():
+    """features(x, masked_networks) is the encoder run with those networks masked in every patch, the
+    mean over all N*P tokens (masked included) next to CLS; ids and a bool vector say the same."""
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(**TINY, patch_len=5, crop_len=15), [0, 1, 1, 2, 0, 2]).eval()
+    x = torch.randn(2, 6, 15)
+    mask = torch.zeros(2, 3, 3, dtype=torch.bool)
+    mask[:, [0, 2]] = True
+    with torch.no_grad():
+        cls, tok = enc(x, mask)
+        want = torch.cat([tok.mean(1), cls], -1)
+        torch.testing.assert_close(enc.features(x, [0, 2]), want)
+        torch.testing.assert_close(enc.features(x, torch.tensor([True, False, True])), want)
+        torch.testing.assert_close(enc.features(x, []), enc.features(x))          # nothing masked
+        assert not torch.allclose(enc.features(x, [0, 2]), enc.features(x))
+
 def test_attention_matches_manual():
     torch.manual_seed(0)
     attn = Attention(16, 4)
