@@ -203,13 +203,45 @@ def _ptxas_usage(ptx):
 # pointer, divisible by 16; only with these marks does it vectorise and pipeline the loads
 # (cp.async), which changes the registers a kernel needs (the conv's weight-gradient kernel: 254
 # without, 166 with).
-PAPER_INTS = dict(BP=5120, C=457, T=100, D=768, N=9, P=5, L=20, m=512, p=128, rows_per_split=256)
+PAPER_INTS = dict(BP=5120, C=457, T=100, D=768, N=9, P=5, L=20, m=512, p=128, rows_per_split=256,
+                  HALF=384, M=3695, SPLIT=1024)            # the last three: the fused tokenizer's
 
 
 def _jit_attrs(fn, sig):
     """The divisibility marks the JIT would give `fn`'s arguments at paper shapes."""
     return {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
             for a, ty in sig.items() if ty.startswith("*") or PAPER_INTS.get(a, 1) % 16 == 0}
+
+
+def fused_compile_cases(P, dot, prec):
+    """compile_check's cases for the fused tokenizer (kernels/fused_tokenizer*.py) at its GPU tiles,
+    the tokenizer_conv kernels its backward reuses included, at the constexprs it gives them."""
+    from kernels import fused_tokenizer as ft
+    from kernels import fused_tokenizer_bwd as fb
+    from kernels import tokenizer_conv as tc
+    bl, cc = ft.FusedBlocks(), dict(DOT_DTYPE=dot, PRECISION=prec)
+    ints = {k: "i32" for k in ("BP", "C", "T", "HALF", "N", "P", "L")}
+    ints_conv = {k: "i32" for k in ("BP", "C", "T", "D", "P", "L")}
+    weights = dict(x_ptr=P, wd_ptr=P, bd_ptr=P, taps_ptr=P, wl_ptr=P, bl_ptr=P, offs_ptr="*i32", poffs_ptr="*i32")
+    fwd = dict(K=16, PAD_L=7, BLOCK_D=bl.d, BLOCK_CK=bl.ck, BLOCK_M=bl.m, **cc)
+    pairs = dict(K=16, PAD_L=7, BLOCK_ROWS=bl.rows_b, BLOCK_D=bl.d, BLOCK_M=bl.m_b, **cc)
+    return [
+        ("fused", ft._fused_fwd_kernel, dict(**weights, out_ptr=P, **ints), dict(BLOCK_ROWS=bl.rows, **fwd)),
+        ("fused", fb._fused_bwd_gh_kernel, dict(**weights, gout_ptr=P, gh_ptr=P, gbias_ptr="*fp32", **ints),
+         dict(BLOCK_ROWS=bl.rows_b, **fwd)),
+        ("fused", fb._fused_bwd_lin_kernel, dict(x_ptr=P, taps_ptr=P, gh_ptr=P, offs_ptr="*i32", poffs_ptr="*i32",
+                                                 glin_ptr="*fp32", **ints), pairs),
+        ("fused", fb._fused_bwd_taps_kernel, dict(x_ptr=P, wl_ptr=P, gh_ptr=P, offs_ptr="*i32", poffs_ptr="*i32",
+                                                  gtaps_ptr="*fp32", **ints, M="i32", SPLIT="i32"),
+         dict(BLOCK_K=16, **pairs)),
+        ("fused, dense K=3", tc._conv_gelu_mean_bwd_weight_kernel,
+         dict(x_ptr=P, gh_ptr=P, offs_ptr="*i32", gw_ptr="*fp32", **ints_conv),
+         dict(K=3, PAD_L=1, BLOCK_ROWS=bl.rows_b, BLOCK_D=bl.d, BLOCK_CK=bl.ck_w, **cc)),
+        *((f"fused, {what}", tc._conv_gelu_mean_bwd_x_kernel,
+           dict(w_ptr=P, gh_ptr=P, offs_ptr="*i32", gx_ptr="*fp32", **ints_conv),
+           dict(K=k, PAD_L=(k - 1) // 2, BLOCK_ROWS=bl.rows_b, BLOCK_D=bl.d, BLOCK_R=bl.r, **cc))
+          for what, k in (("dense K=3", 3), ("W_eff K=16", 16))),
+    ], bl.num_warps
 
 
 def compile_check(dtype=None, sweep=False):
@@ -261,6 +293,8 @@ def compile_check(dtype=None, sweep=False):
                                                   w_ptr="*fp32", m="i32", p="i32", cos_eps="fp32"),
              dict(BLOCK_M=mcr.rows, BLOCK_P=mcr.p, PRECISION=prec), mcr.num_warps),
         ]
+        fused, warps = fused_compile_cases(P, dot, prec)
+        cases += [(*case, warps) for case in fused]
         for label, fn, sig, consts, warps in cases:
             src = ASTSource(fn, {**sig, **{k: "constexpr" for k in consts}}, constexprs=consts,
                             attrs=_jit_attrs(fn, sig))

@@ -156,7 +156,7 @@ def tokenizer_conv_gelu_mean(xs: torch.Tensor, w: TokenizerWeights, reference) -
         from .factored import factored_conv_gelu_mean
         return factored_conv_gelu_mean(xs, w)
     if path == "fused":
-        return fused_tokenizer(xs, w)
+        return fused_conv_gelu_mean(xs, w)
     from .composed import compose_weights, grouped_conv_gelu_mean_reference
     with torch.autocast(xs.device.type, enabled=False):  # compose in full precision, then cast once
         weight, bias = compose_weights(w)                # (C, K, D), (N, D)
@@ -187,7 +187,7 @@ def grouped_conv_gelu_mean(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return _eager(grouped_conv_gelu_mean_triton, x, weight, bias, offsets, patch_len)
 
 
-def fused_tokenizer(xs: torch.Tensor, w: TokenizerWeights) -> torch.Tensor:
+def fused_conv_gelu_mean(xs: torch.Tensor, w: TokenizerWeights) -> torch.Tensor:
     """The Triton kernels of fused_tokenizer.py: the factored form, both branches, GELU and time mean.
     xs (B, C, T') ROIs sorted by network, w the linear form -> (B, N, P, D); autocast handled inside."""
     from .fused_tokenizer import fused_tokenizer_triton

@@ -75,13 +75,13 @@ def _sg_conv_t(x_ptr, taps_ptr, x_row, row_ok, roi, pair, pair_ok, t, T, L,
     """(2) at time t for one tile: s[rows, pairs], each pair's ROI cross-correlated with its K taps.
     x_row (BLOCK_ROWS,) start of each patch at ROI 0; roi, pair (BLOCK_M,) global ROI and pair ids."""
     s = tl.zeros((BLOCK_ROWS, BLOCK_M), dtype=tl.float32)
-    x_col = roi.to(tl.int64) * T + t - PAD_L                           # (BLOCK_M,) x[., roi, t - PAD_L]
+    x_at = x_ptr + x_row[:, None] + (roi.to(tl.int64) * T + t - PAD_L)[None, :]   # x[row, roi, t - PAD_L]
+    taps_at = taps_ptr + pair.to(tl.int64) * K
     ok = row_ok[:, None] & pair_ok[None, :]
     # only taps whose source time t + k - PAD_L lies inside the patch: the loop bounds are the padding
     for k in range(tl.maximum(PAD_L - t, 0), tl.minimum(L + PAD_L - t, K)):
-        tap = tl.load(taps_ptr + pair.to(tl.int64) * K + k, mask=pair_ok, other=0.0).to(tl.float32)
-        xv = tl.load(x_ptr + x_row[:, None] + (x_col + k)[None, :], mask=ok, other=0.0).to(tl.float32)
-        s += xv * tap[None, :]
+        tap = tl.load(taps_at + k, mask=pair_ok, other=0.0).to(tl.float32)        # (BLOCK_M,)
+        s += tl.load(x_at + k, mask=ok, other=0.0).to(tl.float32) * tap[None, :]
     return s
 
 
@@ -175,15 +175,17 @@ def _fused_fwd_kernel(
 @dataclasses.dataclass(frozen=True)
 class FusedBlocks:
     """Tile sizes of the fused forward and backward (powers of two, >= 16: tl.dot's minimum). The
-    GPU defaults were chosen so that ptxas (sm_90) reports no spills (bench/kernels.py
-    --compile-check); they are not tuned by timing yet. The interpreter takes one tile per axis."""
+    GPU defaults were chosen so that ptxas (sm_90) reports no spills for bf16 (bench/kernels.py
+    --compile-check: m=32 put the forward at 255 registers, m_b=32 spilled in the sg_taps kernel,
+    ck_w=128 took the dense weight kernel to 210); they are not tuned by timing yet. The
+    interpreter takes one tile per axis."""
     rows: int = 64       # BLOCK_ROWS of the forward: patches per program (tl.dot M)
     rows_b: int = 32     # BLOCK_ROWS of the backward kernels (more live tiles there)
     d: int = 128         # BLOCK_D: columns per program; the sg_taps kernel's reduction step over D/2
     ck: int = 32         # BLOCK_CK: (ROI, tap) pairs per step of the dense GEMM (1)
-    m: int = 32          # BLOCK_M: (roi, head) pairs per step of the pair GEMM (3)
-    m_b: int = 32        # BLOCK_M of the lin_weight and sg_taps kernels: pairs per program
-    ck_w: int = 128      # BLOCK_CK of dense_weight's gradient (tokenizer_conv's weight kernel)
+    m: int = 16          # BLOCK_M: (roi, head) pairs per step of the pair GEMM (3)
+    m_b: int = 64        # BLOCK_M of the lin_weight and sg_taps kernels: pairs per program
+    ck_w: int = 64       # BLOCK_CK of dense_weight's gradient (tokenizer_conv's weight kernel)
     r: int = 32          # BLOCK_R: ROIs per program of the input gradient (tokenizer_conv's kernel)
     split: int = 1024    # patches per program of the sg_taps kernel (partial sums, then one sum)
     num_warps: int = 8

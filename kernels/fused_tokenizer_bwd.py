@@ -20,8 +20,9 @@ Kernels, in order:
    patches and t, recomputing s as the forward does (never stored: M*L values per patch, 4x x).
 4. `_fused_bwd_taps_kernel`: a program per (pair chunk, patch split, network) computes its gs tile
    with tl.dot over D/2, then the K tap sums against x; gs exists only in registers. Splits over
-   patches give the GPU enough programs (a pair chunk alone gives ~130); their partial sums are
-   added in one PyTorch sum, deterministic where atomics would not be.
+   patches give the GPU enough programs (pair chunks alone: 8 x 9 = 72 at the GPU tiles; with the
+   bench's 5120 patches in splits of 1024: 360); their partial sums are added in one PyTorch sum,
+   deterministic where atomics would not be.
 5. x (only when asked: x is data in training): tokenizer_conv's input-gradient kernel, once with the
    dense taps and once with the structured branch's composed weight W_eff (C, K, D/2). The factored
    transpose would need gs at K shifts of t, i.e. a (B*P*L, M) temporary (0.8 GB at the bench's
@@ -124,11 +125,12 @@ def _fused_bwd_taps_kernel(
     r_end = tl.where(live, tl.minimum(r_lo + SPLIT, BP), r_lo)
     kk = tl.arange(0, BLOCK_K)
     dd = tl.arange(0, BLOCK_D)
-    x_col = roi.to(tl.int64) * T - PAD_L
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for r0 in range(r_lo, r_end, BLOCK_ROWS):
         rows, row_ok, x_row = _patches(r0, r_end, C, T, P, L, BLOCK_ROWS)
         gh_row = ((N + n) * BP + rows).to(tl.int64) * L * HALF
+        ok = row_ok[:, None] & m_ok[None, :]
+        x_at = x_ptr + x_row[:, None] + (roi.to(tl.int64) * T - PAD_L)[None, :]   # x[row, roi, -PAD_L]
         for t in range(0, L):
             gs = tl.zeros((BLOCK_ROWS, BLOCK_M), dtype=tl.float32)
             for d0 in range(0, HALF, BLOCK_D):
@@ -141,8 +143,7 @@ def _fused_bwd_taps_kernel(
                 gs = tl.dot(gh.to(DOT_DTYPE), wlT.to(DOT_DTYPE), gs, input_precision=PRECISION)
             # tap k of pair j saw x at t + k - PAD_L: only taps whose source lies inside the patch
             for k in range(tl.maximum(PAD_L - t, 0), tl.minimum(L + PAD_L - t, K)):
-                xv = tl.load(x_ptr + x_row[:, None] + (x_col + t + k)[None, :],
-                             mask=row_ok[:, None] & m_ok[None, :], other=0.0).to(tl.float32)
+                xv = tl.load(x_at + (t + k), mask=ok, other=0.0).to(tl.float32)
                 acc = tl.where(kk[None, :] == k, acc + tl.sum(gs * xv, axis=0)[:, None], acc)
     tl.store(gtaps_ptr + (pid_s * M + pair.to(tl.int64))[:, None] * K + kk[None, :], acc,
              mask=m_ok[:, None] & (kk < K)[None, :])
