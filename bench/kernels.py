@@ -5,13 +5,15 @@ Triton kernel:
 - tokenizer conv: B = 1024 crops (batch 512, two views), C = 457 ROIs in the SPEC's nine
   networks, T' = 100, L = 20, K = 16 taps, D = 768; the backward asks for weight and bias grads
   only (x is data in training);
-- MCR loss: p = 128, m = 512 (L_CLS) and m = 4608 = B·N (L_TTR).
+- MCR loss: p = 128, m = 512 (L_CLS) and m = 4608 = B·N (L_TTR);
+- the tokenizer op by each path at the conv's shapes (D/2 = 384, H_n = ceil(384/R_n)), the fused
+  factored kernel among them: bench/tokenizer_paths.py.
 One line per case: median time (triton.testing.do_bench: CUDA events, L2 flushed), peak memory,
 speed-up of Triton over each reference. bench/gpu_check.py calls bench_conv, bench_mcr, sweep_conv
 and sweep_table.
 
     python bench/kernels.py [--dtype fp32|bf16] [--tf32] [--iters 20] [--no-compile]
-                            [--only conv|mcr] [--conv-blocks rows=128,d=128]   # tile experiments
+                            [--only conv|mcr|tokenizer] [--conv-blocks rows=128,d=128]   # tile experiments
     python bench/kernels.py --dtype bf16 --sweep           # the tokenizer conv at each tile variant of conv_sweep()
     python bench/kernels.py --compile-check [--dtype bf16] [--sweep]   # no GPU needed: compile for sm_90,
                                                                        # shared memory and registers per kernel
@@ -68,9 +70,10 @@ def median_ms(fn, iters, device=None):
     return do_bench(fn, warmup=25, rep=5 * iters, return_mode="median"), mem
 
 
-def run_case(name, impls, iters, device=None):
-    """impls: {label: fn}; the first is the eager reference, 'triton' the kernel. Prints one line and
-    returns {label: (ms, MiB)} (a label that failed is left out, with a note printed)."""
+def run_case(name, impls, iters, device=None, kernel="triton"):
+    """impls: {label: fn}; the first is the eager reference, `kernel` the kernel the speed-ups are
+    of. Prints one line and returns {label: (ms, MiB)} (a label that failed is left out, with a
+    note printed)."""
     res = {}
     for label, fn in impls.items():
         try:
@@ -80,8 +83,8 @@ def run_case(name, impls, iters, device=None):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     parts = [f"{label} {ms:8.3f} ms {mb:7.0f} MiB" for label, (ms, mb) in res.items()]
-    if "triton" in res:
-        parts += [f"x{res[label][0] / res['triton'][0]:.2f} vs {label}" for label in res if label != "triton"]
+    if kernel in res:
+        parts += [f"x{res[label][0] / res[kernel][0]:.2f} vs {label}" for label in res if label != kernel]
     print(f"{name:56s} | " + " | ".join(parts), flush=True)
     return res
 
@@ -213,37 +216,6 @@ def _jit_attrs(fn, sig):
             for a, ty in sig.items() if ty.startswith("*") or PAPER_INTS.get(a, 1) % 16 == 0}
 
 
-def fused_compile_cases(P, dot, prec):
-    """compile_check's cases for the fused tokenizer (kernels/fused_tokenizer*.py) at its GPU tiles,
-    the tokenizer_conv kernels its backward reuses included, at the constexprs it gives them."""
-    from kernels import fused_tokenizer as ft
-    from kernels import fused_tokenizer_bwd as fb
-    from kernels import tokenizer_conv as tc
-    bl, cc = ft.FusedBlocks(), dict(DOT_DTYPE=dot, PRECISION=prec)
-    ints = {k: "i32" for k in ("BP", "C", "T", "HALF", "N", "P", "L")}
-    ints_conv = {k: "i32" for k in ("BP", "C", "T", "D", "P", "L")}
-    weights = dict(x_ptr=P, wd_ptr=P, bd_ptr=P, taps_ptr=P, wl_ptr=P, bl_ptr=P, offs_ptr="*i32", poffs_ptr="*i32")
-    fwd = dict(K=16, PAD_L=7, BLOCK_D=bl.d, BLOCK_CK=bl.ck, BLOCK_M=bl.m, **cc)
-    pairs = dict(K=16, PAD_L=7, BLOCK_ROWS=bl.rows_b, BLOCK_D=bl.d, BLOCK_M=bl.m_b, **cc)
-    return [
-        ("fused", ft._fused_fwd_kernel, dict(**weights, out_ptr=P, **ints), dict(BLOCK_ROWS=bl.rows, **fwd)),
-        ("fused", fb._fused_bwd_gh_kernel, dict(**weights, gout_ptr=P, gh_ptr=P, gbias_ptr="*fp32", **ints),
-         dict(BLOCK_ROWS=bl.rows_b, **fwd)),
-        ("fused", fb._fused_bwd_lin_kernel, dict(x_ptr=P, taps_ptr=P, gh_ptr=P, offs_ptr="*i32", poffs_ptr="*i32",
-                                                 glin_ptr="*fp32", **ints), pairs),
-        ("fused", fb._fused_bwd_taps_kernel, dict(x_ptr=P, wl_ptr=P, gh_ptr=P, offs_ptr="*i32", poffs_ptr="*i32",
-                                                  gtaps_ptr="*fp32", **ints, M="i32", SPLIT="i32"),
-         dict(BLOCK_K=16, **pairs)),
-        ("fused, dense K=3", tc._conv_gelu_mean_bwd_weight_kernel,
-         dict(x_ptr=P, gh_ptr=P, offs_ptr="*i32", gw_ptr="*fp32", **ints_conv),
-         dict(K=3, PAD_L=1, BLOCK_ROWS=bl.rows_b, BLOCK_D=bl.d, BLOCK_CK=bl.ck_w, **cc)),
-        *((f"fused, {what}", tc._conv_gelu_mean_bwd_x_kernel,
-           dict(w_ptr=P, gh_ptr=P, offs_ptr="*i32", gx_ptr="*fp32", **ints_conv),
-           dict(K=k, PAD_L=(k - 1) // 2, BLOCK_ROWS=bl.rows_b, BLOCK_D=bl.d, BLOCK_R=bl.r, **cc))
-          for what, k in (("dense K=3", 3), ("W_eff K=16", 16))),
-    ], bl.num_warps
-
-
 def compile_check(dtype=None, sweep=False):
     """Compile every kernel (bf16, fp32 ieee, fp32 tf32; or one --dtype) for sm_90 with the GPU tiles
     (with `sweep`, the tokenizer conv also at every tile variant of conv_sweep): catches what the CPU
@@ -257,6 +229,7 @@ def compile_check(dtype=None, sweep=False):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from bench.tokenizer_paths import fused_compile_cases
     from kernels import coding_rate as cr
     from kernels import tokenizer_conv as tc
 
@@ -379,7 +352,7 @@ def main(argv=None):
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (reference and kernels alike)")
     ap.add_argument("--iters", type=positive_int, default=20)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
-    ap.add_argument("--only", choices=("conv", "mcr"), help="run one kernel's cases")
+    ap.add_argument("--only", choices=("conv", "mcr", "tokenizer"), help="run one kernel's cases")
     ap.add_argument("--conv-blocks", default=None, type=_conv_blocks, metavar="rows=128,d=128",
                     help="override tokenizer-conv tiles (fields of kernels.tokenizer_conv.ConvBlocks)")
     ap.add_argument("--sweep", action="store_true",
@@ -407,6 +380,9 @@ def main(argv=None):
         bench_conv(dtype, args.iters, not args.no_compile, blocks)
     if args.only in (None, "mcr"):
         bench_mcr(dtype, args.iters, not args.no_compile)
+    if args.only in (None, "tokenizer"):
+        from bench.tokenizer_paths import bench_tokenizer
+        bench_tokenizer(dtype, args.iters)
 
 
 if __name__ == "__main__":
