@@ -1,4 +1,7 @@
-"""The tokenizer in factored form, fused in Triton: both branches, GELU and the time mean (forward).
+"""The tokenizer in factored form, fused in Triton: both branches, GELU and the time mean.
+
+This file: the math and its cost, the forward kernel, the op and its autograd.Function. The
+backward's kernels are in fused_tokenizer_bwd.py.
 
 Math (SPEC §3, in the linear form of kernels.TokenizerWeights). Patches are independent, so write
 x[row, c, tau] for ROI c at time tau of patch row = (b, p), zero outside 0 <= tau < L. Network n owns
@@ -37,9 +40,10 @@ patches), compulsory HBM traffic (weights, 4.0 MB, are read from L2 after the fi
       depthwise conv (2)                    1.9 (x3 tiles)   -                 5.2 (Toeplitz bmm)
       pair GEMM (3)                         56.8             -                 56.8
       16-tap conv R_n -> D                  -                224.6             -
-      total                                 83.5             224.6             83.1
-      HBM: x read 94 MB, out written 71 MB (same for every path; factored also writes its
-      activations for the backward, 2 x N*L*D/2 + M*L values per patch ~ 1.6 GB)
+      total                                 83.5             224.6             83.0
+      HBM: x read 94 MB, out written 71 MB (every path); factored also saves activations for
+      its backward: pre-activations N*L*D, pair values M*L, dense inputs 3*C*L = 240 k values per
+      patch, 2.5 GB
     backward, weights only (x is data in training)
       recompute h, GELU', write gh          83.5             224.6             -
       dense_weight: x^T gh                  21.1             -                 21.1
@@ -48,10 +52,12 @@ patches), compulsory HBM traffic (weights, 4.0 MB, are read from L2 after the fi
       composed weight: x^T gh               -                224.6             -
       total                                 225.6            449.2             ~140
       HBM: gh (2, N, B*P, L, D/2) bf16: 1.42 GB written, read by three kernels (>= 2.1 GB)
-    input gradient (only when asked)        133.4            224.6             ~78
+    input gradient, extra (when asked)      133.4            224.6             26.2
 
-The gh temporary dominates the backward's bytes (276 KB per patch against 18 KB of x); saving
-activations instead (as the factored path does) would cost more and saves only the recompute.
+gh dominates the backward's bytes (276 KB per patch; x is 18 KB). Saving h in the forward instead
+of recomputing it would move as many bytes again (written there, read back) to save one forward's
+FLOPs (83.5 of 225.6). The factored path's input gradient is cheap because its gs is already made
+for sg_taps; here it runs on the composed weight (fused_tokenizer_bwd.py says why).
 
 Saved for the backward: the inputs only (x and the five weights). The backward
 (fused_tokenizer_bwd.py) recomputes h tile by tile, as this forward computes it, to write gh.
@@ -191,7 +197,8 @@ class FusedBlocks:
     num_warps: int = 8
 
     def __post_init__(self):
-        tiles = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("split", "num_warps")}
+        tiles = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name not in ("split", "num_warps")}
         bad = {k: v for k, v in tiles.items() if v < 16 or v & (v - 1)}
         if bad or self.split < 1:
             raise ValueError(f"tiles must be powers of two >= 16 and split >= 1, got {bad or self.split}")
@@ -222,13 +229,14 @@ def _check_inputs(x, w) -> tuple:
         raise ValueError(f"x must be (B, C, T'), got shape {tuple(x.shape)}")
     B, C, T = x.shape
     offsets, pairs = tuple(int(o) for o in w.offsets), tuple(int(o) for o in w.pair_offsets)
-    N, half, (M, K) = len(offsets) - 1, w.lin_weight.shape[-1], w.sg_taps.shape
+    N, M, half = len(offsets) - 1, pairs[-1], w.lin_weight.shape[-1]
     rois, n_pairs = [b - a for a, b in zip(offsets, offsets[1:])], [b - a for a, b in zip(pairs, pairs[1:])]
     if N < 1 or offsets[0] != 0 or offsets[-1] != C or min(rois) < 1:
         raise ValueError(f"offsets must rise strictly from 0 to C={C}, got {offsets}")
-    if len(pairs) != N + 1 or pairs[0] != 0 or pairs[-1] != M or any(p < r or p % r for p, r in zip(n_pairs, rois)):
-        raise ValueError(f"pair_offsets must give each network a positive multiple of its ROIs, 0 to M={M}, "
-                         f"got {pairs}")
+    if len(pairs) != N + 1 or pairs[0] != 0 or any(p < r or p % r for p, r in zip(n_pairs, rois)):
+        raise ValueError(f"pair_offsets must give each network a positive multiple of its ROIs, got {pairs}")
+    if w.sg_taps.ndim != 2 or w.sg_taps.shape[0] != M:
+        raise ValueError(f"sg_taps must be (M={M}, K), got {tuple(w.sg_taps.shape)}")
     want = dict(dense_weight=(C, 3, half), dense_bias=(N, half), lin_weight=(M, half), lin_bias=(N, half))
     for name, shape in want.items():
         if tuple(getattr(w, name).shape) != shape:

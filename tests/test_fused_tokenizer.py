@@ -104,6 +104,7 @@ def test_fused_bf16_input_on_interpreter():
     (dict(offsets=(0, 2, 2, 5)), "offsets must rise strictly from 0 to C=5"),
     (dict(pair_offsets=(0, 5, 12)), "pair_offsets must give each network a positive multiple of its ROIs"),
     (dict(lin_bias=torch.zeros(3, 4)), r"lin_bias must be \(2, 4\)"),
+    (dict(sg_taps=torch.zeros(10)), r"sg_taps must be \(M=10, K\), got \(10,\)"),
     (dict(patch_len=3), "crop length 8 is not a multiple of the patch length 3"),
     (dict(dense_bias=torch.zeros(2, 4, device="meta")), "on different devices"),
 ])
