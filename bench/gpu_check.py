@@ -11,7 +11,10 @@ next one runs; the budgets add up to 8 minutes):
   parity    the CUDA parity tests (pytest tests/test_kernels.py -k cuda, TRITON_INTERPRET=0: compiled
             kernels against their references; the suite's conftest would otherwise select the interpreter)
   kernels   both kernels against their PyTorch references at paper shapes, fp32 and bf16
-            (bench/kernels.py; triton.testing.do_bench)
+            (bench/kernels.py; triton.testing.do_bench); then the tokenizer op by each path in bf16
+            (factored, composed, the conv kernel, the fused factored kernel): the fastest right
+            fwd+bwd is what kernels.tokenizer_path's default should be; a fused kernel off the
+            factored path by more than bf16 rounding fails the stage
   step      the paper-preset step at batch 512 in five modes taking turns (eager; compiled; compiled with
             the kernels off, with activation checkpointing, and with both): median, peak memory, the projected
             time of 7,600 steps, the first losses of each (they must agree with eager), and the
@@ -57,6 +60,7 @@ from machine import runtime  # noqa: E402
 from bench import kernels as bench_kernels  # noqa: E402
 from bench.probe import preset_encoder, time_features  # noqa: E402
 from bench.report import cpu_name, random_scans, synthetic_pool  # noqa: E402
+from bench.tokenizer_paths import bench_tokenizer, tokenizer_table  # noqa: E402
 from bench.train_step import host_syncs, make_trainer, time_steps, timed_step  # noqa: E402
 
 PAPER_STEPS = 7600                      # SPEC §8: 100 epochs of 39,139 scans at batch 512
@@ -83,17 +87,19 @@ class Plan:
             self.preset, self.model = "demo", dict(dim=32, depth=1, heads=2, proj_hidden=64)
             self.map, self.batch, self.timed = SMALL_MAP, 8, 2
             self.conv = dict(B=1, counts=(3, 2), T=40, D=8)
+            self.tokenizer = dict(B=1, counts=(3, 2), T=10, L=5, D=8)
             self.mcr_m, self.mcr_p, self.kernel_iters = (16,), 8, 1
             self.probe_scans, self.probe_batch = 4, 16
             # a 30-step run of its own: the paper schedule's first 30 steps barely leave lr = 0
             self.pool, self.pool_len, self.pretrain_steps, self.log_every = 64, 120, 30, 10
             self.pretrain_schedule = 30
             self.backend = "aot_eager"
-            self.budget = dict(parity=60, kernels=40, step=60, probe=20, pretrain=40, tiles=60)
+            self.budget = dict(parity=60, kernels=60, step=60, probe=20, pretrain=40, tiles=60)
         else:
             self.preset, self.model = "paper", {}
             self.map, self.batch, self.timed = networks.default_network_map(), 512, 5
             self.conv, self.mcr_m, self.mcr_p, self.kernel_iters = None, (512, 4608), 128, 20
+            self.tokenizer = None
             self.probe_scans, self.probe_batch = 512, 512
             # 39,139 x 457 x 160 float16 = 5.7 GB in GPU memory; 160 points = 1.6 crops of 100
             self.pool, self.pool_len, self.pretrain_steps, self.log_every = UKB_SCANS, 160, 300, 25
@@ -103,8 +109,10 @@ class Plan:
             self.pretrain_schedule = PAPER_STEPS
             self.backend = "inductor"
             # 480 s in all (last H100 run: parity 29 s, kernels 13, step 142 with three compiled modes,
-            # probe 2, pretrain 52); each compiled mode compiles 4 graphs (masked or not, student, teacher)
-            self.budget = dict(parity=45, kernels=45, step=230, probe=20, pretrain=80, tiles=60)
+            # probe 2, pretrain 52); each compiled mode compiles 4 graphs (masked or not, student, teacher).
+            # kernels: +25 s for the tokenizer paths (JIT of the fused kernels, not timed yet), from
+            # probe and pretrain's margins
+            self.budget = dict(parity=45, kernels=70, step=230, probe=10, pretrain=65, tiles=60)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,8 +151,18 @@ def stage_kernels(plan):
                 (rm, rmb), (tm, tmb) = res.get("ref", (float("nan"), 0)), res.get("triton", (float("nan"), 0))
                 lines.append(f"| {case} | {name} | {rm:.3f} | {tm:.3f} | {rm / tm:.2f}× | {rmb:.0f} / {tmb:.0f} | "
                              f"{'yes' if rm / tm >= TARGET_KERNEL else 'no'} |")
+    lines += _tokenizer_paths(plan)
     note = "\n(dry run: the Triton interpreter on the CPU; its times mean nothing)\n" if plan.dry else ""
-    return "\n".join(lines) + "\n" + note
+    md = "\n".join(lines) + "\n" + note
+    if "WRONG" in md:
+        raise StageFailed(md)
+    return md
+
+
+def _tokenizer_paths(plan):
+    """bench_tokenizer in bf16 (the GPU's training dtype) as Markdown lines (bf16 rounding allowed)."""
+    return tokenizer_table(*bench_tokenizer(torch.bfloat16, plan.kernel_iters, plan.device, plan.tokenizer),
+                           tol=2e-2)
 
 
 def _trainer(plan, compile, scans, **overrides):

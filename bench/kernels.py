@@ -5,13 +5,15 @@ Triton kernel:
 - tokenizer conv: B = 1024 crops (batch 512, two views), C = 457 ROIs in the SPEC's nine
   networks, T' = 100, L = 20, K = 16 taps, D = 768; the backward asks for weight and bias grads
   only (x is data in training);
-- MCR loss: p = 128, m = 512 (L_CLS) and m = 4608 = B·N (L_TTR).
+- MCR loss: p = 128, m = 512 (L_CLS) and m = 4608 = B·N (L_TTR);
+- the tokenizer op by each path at the conv's shapes (D/2 = 384, H_n = ceil(384/R_n)), the fused
+  factored kernel among them: bench/tokenizer_paths.py.
 One line per case: median time (triton.testing.do_bench: CUDA events, L2 flushed), peak memory,
 speed-up of Triton over each reference. bench/gpu_check.py calls bench_conv, bench_mcr, sweep_conv
 and sweep_table.
 
     python bench/kernels.py [--dtype fp32|bf16] [--tf32] [--iters 20] [--no-compile]
-                            [--only conv|mcr] [--conv-blocks rows=128,d=128]   # tile experiments
+                            [--only conv|mcr|tokenizer] [--conv-blocks rows=128,d=128]   # tile experiments
     python bench/kernels.py --dtype bf16 --sweep           # the tokenizer conv at each tile variant of conv_sweep()
     python bench/kernels.py --compile-check [--dtype bf16] [--sweep]   # no GPU needed: compile for sm_90,
                                                                        # shared memory and registers per kernel
@@ -22,84 +24,17 @@ import argparse
 import dataclasses
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.report import positive_int  # noqa: E402
-
-
-def network_counts():
-    """R_n of the SPEC's default 457-ROI map (61, 77, 46, 47, 26, 52, 91, 50, 7)."""
-    from data import networks
-    return tuple(np.bincount(networks.default_network_map()).tolist())
-
-
-def median_ms(fn, iters, device=None):
-    """Median time of fn() in ms, and the peak memory one call allocates (MiB; 0 off CUDA).
-
-    CUDA: triton.testing.do_bench (CUDA events, L2 cache flushed before every call, median), for
-    about `iters` x 5 ms of repetitions. Elsewhere (bench/gpu_check.py --dry-run, on the CPU) the
-    wall-clock median of `iters` calls: a smoke test, not a benchmark."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    fn()                                                            # compile / autotune / allocate
-    if device.type != "cuda":
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3, 0.0
-    from triton.testing import do_bench
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    mem = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    return do_bench(fn, warmup=25, rep=5 * iters, return_mode="median"), mem
-
-
-def run_case(name, impls, iters, device=None):
-    """impls: {label: fn}; the first is the eager reference, 'triton' the kernel. Prints one line and
-    returns {label: (ms, MiB)} (a label that failed is left out, with a note printed)."""
-    res = {}
-    for label, fn in impls.items():
-        try:
-            res[label] = median_ms(fn, iters, device)
-        except Exception as e:  # torch.compile may not handle a case: report and go on
-            print(f"  ({name}: {label} failed: {type(e).__name__}: {str(e).splitlines()[0][:100]})")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    parts = [f"{label} {ms:8.3f} ms {mb:7.0f} MiB" for label, (ms, mb) in res.items()]
-    if "triton" in res:
-        parts += [f"x{res[label][0] / res['triton'][0]:.2f} vs {label}" for label in res if label != "triton"]
-    print(f"{name:56s} | " + " | ".join(parts), flush=True)
-    return res
-
-
-def conv_inputs(B, counts, T, K, D, dtype=torch.float32, device="cpu", seed=0, grad_x=True):
-    """Seeded (x (B, C, T), weight (C, K, D), bias (N, D)) with O(1) pre-activations, all requiring
-    grad (x only if grad_x: in training x is data), and the N+1 ROI offsets of `counts`."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    C, N = sum(counts), len(counts)
-    x = torch.randn(B, C, T, generator=g, device=device)
-    w = torch.randn(C, K, D, generator=g, device=device) / (K * max(counts)) ** 0.5
-    b = torch.randn(N, D, generator=g, device=device)
-    offsets = tuple(int(o) for o in np.concatenate([[0], np.cumsum(counts)]))
-    ts = [t.to(dtype).requires_grad_(grad) for t, grad in ((x, grad_x), (w, True), (b, True))]
-    return ts, offsets
-
-
-PAPER_CONV = dict(B=1024, counts=None, T=100, L=20, K=16, D=768)   # counts None: the SPEC's nine networks
+from bench.timing import PAPER_CONV, conv_inputs, network_counts, run_case  # noqa: E402,F401 -- tests use them from here
 
 
 def bench_conv(dtype, iters, compile_ref, blocks=None, device="cuda", shape=None, reference=True):
@@ -203,7 +138,8 @@ def _ptxas_usage(ptx):
 # pointer, divisible by 16; only with these marks does it vectorise and pipeline the loads
 # (cp.async), which changes the registers a kernel needs (the conv's weight-gradient kernel: 254
 # without, 166 with).
-PAPER_INTS = dict(BP=5120, C=457, T=100, D=768, N=9, P=5, L=20, m=512, p=128, rows_per_split=256)
+PAPER_INTS = dict(BP=5120, C=457, T=100, D=768, N=9, P=5, L=20, m=512, p=128, rows_per_split=256,
+                  HALF=384, M=3695, SPLIT=1024)            # the last three: the fused tokenizer's
 
 
 def _jit_attrs(fn, sig):
@@ -225,6 +161,7 @@ def compile_check(dtype=None, sweep=False):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from bench.tokenizer_paths import fused_compile_cases
     from kernels import coding_rate as cr
     from kernels import tokenizer_conv as tc
 
@@ -261,6 +198,8 @@ def compile_check(dtype=None, sweep=False):
                                                   w_ptr="*fp32", m="i32", p="i32", cos_eps="fp32"),
              dict(BLOCK_M=mcr.rows, BLOCK_P=mcr.p, PRECISION=prec), mcr.num_warps),
         ]
+        fused, warps = fused_compile_cases(P, dot, prec)
+        cases += [(*case, warps) for case in fused]
         for label, fn, sig, consts, warps in cases:
             src = ASTSource(fn, {**sig, **{k: "constexpr" for k in consts}}, constexprs=consts,
                             attrs=_jit_attrs(fn, sig))
@@ -345,7 +284,7 @@ def main(argv=None):
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (reference and kernels alike)")
     ap.add_argument("--iters", type=positive_int, default=20)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
-    ap.add_argument("--only", choices=("conv", "mcr"), help="run one kernel's cases")
+    ap.add_argument("--only", choices=("conv", "mcr", "tokenizer"), help="run one kernel's cases")
     ap.add_argument("--conv-blocks", default=None, type=_conv_blocks, metavar="rows=128,d=128",
                     help="override tokenizer-conv tiles (fields of kernels.tokenizer_conv.ConvBlocks)")
     ap.add_argument("--sweep", action="store_true",
@@ -373,6 +312,9 @@ def main(argv=None):
         bench_conv(dtype, args.iters, not args.no_compile, blocks)
     if args.only in (None, "mcr"):
         bench_mcr(dtype, args.iters, not args.no_compile)
+    if args.only in (None, "tokenizer"):
+        from bench.tokenizer_paths import bench_tokenizer
+        bench_tokenizer(dtype, args.iters)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ path; tests/test_kernels.py: the Triton kernels, skipped where triton is not ins
 - `factored.py`: the tokenizer with its branches as GEMMs over all time points (PyTorch; the CPU path);
 - `composed.py`: the tokenizer as one ragged conv per network (PyTorch; the reference of the kernel);
 - `tokenizer_conv.py`: that ragged conv + GELU + time mean fused in Triton;
+- `fused_tokenizer.py` (+ `_fwd.py`, `_bwd.py`): the factored form fused in Triton (both branches, the depthwise
+  conv on the fly, GELU, time mean), forward and backward;
 - `coding_rate.py`: the MCR loss with its batch reduction in Triton;
 - `checks.py`: the input checks every path of an op shares.
 
@@ -21,7 +23,9 @@ One function per op says which path runs (`tokenizer_path`, `mcr_path`); today's
     tokenizer   triton                                   factored
     MCR loss    triton                                   reference (losses.mcr_loss_reference)
 
-Each (op, path) is logged once, the first time it runs.
+Each (op, path) is logged once, the first time it runs. The tokenizer's path can also be chosen by
+name, over the rule (`set_tokenizer_path`, or `tokenizer_path_named` for a block of code): one of
+TOKENIZER_PATHS; a Triton path named where Triton cannot run is an error, not a silent fallback.
 
     python -m pytest -q tests/test_tokenizer.py tests/test_losses.py tests/test_kernels.py
 """
@@ -38,6 +42,9 @@ log = logging.getLogger("brain_semantoks.kernels")
 
 _enabled = True          # flipped by train.py --no-kernels, and by tests
 _announced = set()       # which (op, path) pairs have been logged already
+TOKENIZER_PATHS = ("reference", "factored", "composed", "triton", "fused")
+TRITON_TOKENIZER_PATHS = ("triton", "fused")
+_tokenizer_named = None  # a name of TOKENIZER_PATHS chosen over the rule; None: the rule decides
 
 
 def _triton_importable() -> bool:
@@ -82,7 +89,7 @@ def _announce(op: str, path: str, t: torch.Tensor) -> str:
     """Log once per (op, path) which implementation runs, and why not Triton; returns `path`."""
     if (op, path) not in _announced:
         _announced.add((op, path))
-        if path == "triton":
+        if path in TRITON_TOKENIZER_PATHS:
             why = "" if t.is_cuda else " (interpreter)"
         elif use_triton(t):
             why = ""                       # Triton could run: the rule chose otherwise
@@ -110,10 +117,35 @@ class TokenizerWeights(NamedTuple):
     patch_len: int               # L
 
 
+def set_tokenizer_path(name) -> None:
+    """Run the tokenizer op by the path `name` (one of TOKENIZER_PATHS) from now on; None: by the rule."""
+    global _tokenizer_named
+    if name is not None and name not in TOKENIZER_PATHS:
+        raise ValueError(f"unknown tokenizer path {name!r}; choose one of {TOKENIZER_PATHS}")
+    _tokenizer_named = name
+
+
+@contextlib.contextmanager
+def tokenizer_path_named(name):
+    """Temporarily run the tokenizer op by the path `name` (tests, A/B benchmarks); None: the rule."""
+    before = _tokenizer_named
+    set_tokenizer_path(name)
+    try:
+        yield
+    finally:
+        set_tokenizer_path(before)
+
+
 def tokenizer_path(x: torch.Tensor) -> str:
-    """THE rule for the tokenizer op: "reference", "factored", "composed" or "triton".
+    """THE rule for the tokenizer op: one of TOKENIZER_PATHS; a path named by set_tokenizer_path wins.
     (A GPU run measured the Triton conv at 0.55x the composed PyTorch conv, fwd+bwd on H100 bf16;
-    to run that instead on CUDA: `"composed" if x.is_cuda else ...`.)"""
+    to run that instead on CUDA: `"composed" if x.is_cuda else ...`. The fused factored kernel is
+    not timed yet: bench/gpu_check.py's kernels stage compares all paths.)"""
+    if _tokenizer_named is not None:
+        if _tokenizer_named in TRITON_TOKENIZER_PATHS and not use_triton(x):
+            raise RuntimeError(f"tokenizer path {_tokenizer_named!r} needs Triton: kernels enabled, triton "
+                               f"installed, and a CUDA tensor or TRITON_INTERPRET=1")
+        return _announce("tokenizer", _tokenizer_named, x)
     return _announce("tokenizer", "triton" if use_triton(x) else "factored", x)
 
 
@@ -126,6 +158,8 @@ def tokenizer_conv_gelu_mean(xs: torch.Tensor, w: TokenizerWeights, reference) -
     if path == "factored":
         from .factored import factored_conv_gelu_mean
         return factored_conv_gelu_mean(xs, w)
+    if path == "fused":
+        return fused_conv_gelu_mean(xs, w)
     from .composed import compose_weights, grouped_conv_gelu_mean_reference
     with torch.autocast(xs.device.type, enabled=False):  # compose in full precision, then cast once
         weight, bias = compose_weights(w)                # (C, K, D), (N, D)
@@ -154,6 +188,13 @@ def grouped_conv_gelu_mean(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     launch. x (B, C, T') ROIs sorted by network, weight (C, K, D), bias (N, D) -> (B, N, P, D)."""
     from .tokenizer_conv import grouped_conv_gelu_mean_triton
     return _eager(grouped_conv_gelu_mean_triton, x, weight, bias, offsets, patch_len)
+
+
+def fused_conv_gelu_mean(xs: torch.Tensor, w: TokenizerWeights) -> torch.Tensor:
+    """The Triton kernels of fused_tokenizer.py: the factored form, both branches, GELU and time mean.
+    xs (B, C, T') ROIs sorted by network, w the linear form -> (B, N, P, D); autocast handled inside."""
+    from .fused_tokenizer import fused_tokenizer_triton
+    return _eager(fused_tokenizer_triton, xs, w)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,21 +25,29 @@ import torch
 import torch.nn.functional as F
 
 
-def compose_weights(w) -> tuple:
-    """kernels.TokenizerWeights -> every network's one-conv form: weight (C, K, D) for
-    cross-correlation with zero padding (K-1)//2 left / K//2 right, and bias (N, D)."""
-    K, half = w.sg_taps.shape[1], w.lin_weight.shape[1]
-    c = (K - 1) // 2
+def compose_structured(sg_taps: torch.Tensor, lin_weight: torch.Tensor, offsets: tuple,
+                       pair_offsets: tuple) -> torch.Tensor:
+    """The structured branch's effective conv weight W_eff (C, K, D/2) from its taps (M, K) and
+    Linear (M, D/2). Also the weight of fused_tokenizer_bwd's input gradient."""
+    K, half = sg_taps.shape[1], lin_weight.shape[1]
     # H_n differs per network, so one matmul per network (padding all to max H_n would cost ~7x
     # the memory at paper shapes)
     w_sg = []
-    for n in range(len(w.offsets) - 1):
-        a, b = w.pair_offsets[n], w.pair_offsets[n + 1]
-        R = w.offsets[n + 1] - w.offsets[n]
+    for n in range(len(offsets) - 1):
+        a, b = pair_offsets[n], pair_offsets[n + 1]
+        R = offsets[n + 1] - offsets[n]
         H = (b - a) // R
-        w_sg.append(torch.bmm(w.sg_taps[a:b].view(R, H, K).transpose(1, 2),    # (R, K, H)
-                              w.lin_weight[a:b].view(R, H, half)))               # (R, H, D/2)
-    w_sg = torch.cat(w_sg)                                                       # (C, K, D/2)
+        w_sg.append(torch.bmm(sg_taps[a:b].view(R, H, K).transpose(1, 2),        # (R, K, H)
+                              lin_weight[a:b].view(R, H, half)))                 # (R, H, D/2)
+    return torch.cat(w_sg)                                                       # (C, K, D/2)
+
+
+def compose_weights(w) -> tuple:
+    """kernels.TokenizerWeights -> every network's one-conv form: weight (C, K, D) for
+    cross-correlation with zero padding (K-1)//2 left / K//2 right, and bias (N, D)."""
+    K = w.sg_taps.shape[1]
+    c = (K - 1) // 2
+    w_sg = compose_structured(w.sg_taps, w.lin_weight, w.offsets, w.pair_offsets)  # (C, K, D/2)
     # 'same' 3-tap conv: its taps are offsets -1, 0, +1 = positions c-1, c, c+1 of K
     w_dense = F.pad(w.dense_weight, (0, 0, c - 1, K - c - 2))                    # (C, K, D/2)
     weight = torch.cat([w_dense, w_sg], -1)                                      # (C, K, D)
