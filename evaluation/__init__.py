@@ -4,6 +4,7 @@ probe.py and embed.py drive it.
 Read in this order:
 
 - `options.py`       the model and data options probe.py and embed.py share, and the built-in cohort
+- `setup.py`         what a probe or fine-tuning run shares: split/task options, model, data, labels
 - `features.py`      frozen features per scan (teacher, FC, random encoder) and their on-disk cache
 - `linear_probe.py`  fit and score a linear probe on one split, repeats, paired differences
 - `report.py`        tables, JSON and plots of the probe results

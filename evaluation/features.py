@@ -90,7 +90,7 @@ def cached(path, compute):
 
 
 def method_features(args, setup):
-    """Per-scan features of the teacher and the baselines of a probe run (probe.Setup) ->
+    """Per-scan features of the teacher and the baselines of a probe run (evaluation.setup.Setup) ->
     {method: (S, K, F)}; encoder features come from (and go to) the on-disk cache."""
     cache_dir = (None if args.no_cache else Path(args.cache_dir) if args.cache_dir
                  else setup.ckpt.resolve().parent / ".feature_cache")
