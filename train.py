@@ -152,7 +152,7 @@ def train(cfg: TrainConfig, given=()):
     `given`: the option names set explicitly (on --resume they must agree with the saved run)."""
     rank, world, device = runtime.setup_distributed(cfg.device)
     runtime.tune_cpu(device)  # flush denormals; on a CPU run keep freed memory (runtime.py says why)
-    kernels.set_enabled(not cfg.no_kernels)
+    kernels.check_mode("pytorch" if cfg.no_kernels else cfg.kernels, device)
     files = RunFiles(cfg.out, rank)
 
     # ============ output folder: a new run, or the saved one to resume ============

@@ -13,10 +13,10 @@ next one runs; the budgets add up to 8 minutes):
   kernels   both kernels against their PyTorch references at paper shapes, fp32 and bf16
             (bench/kernels.py; triton.testing.do_bench); then the tokenizer op by each path in bf16
             (factored, composed, the conv kernel, the fused factored kernel): the fastest right
-            fwd+bwd is what kernels.tokenizer_path's default should be; a fused kernel off the
+            fwd+bwd is what kernels.CUDA_DEFAULT should say; a fused kernel off the
             factored path by more than bf16 rounding fails the stage
-  step      the paper-preset step at batch 512 in five modes taking turns (eager; compiled; compiled with
-            the kernels off, with activation checkpointing, and with both): median, peak memory, the projected
+  step      the paper-preset step at batch 512 in five modes taking turns (eager; compiled with --kernels
+            auto, triton and fused; compiled with activation checkpointing): median, peak memory, the projected
             time of 7,600 steps, the first losses of each (they must agree with eager), and the
             device-to-host syncs of one eager step with the lines that caused them (torch.cuda.set_sync_debug_mode)
   probe     probe feature throughput (bench/probe.py)
@@ -179,35 +179,35 @@ def _warmup_steps(tr, at_least=2):
     return i
 
 
-class _PyTorchPaths:
-    """A trainer whose every step runs with the kernels off (the tokenizer's and the MCR loss's PyTorch
-    paths): kernels.enabled is global, and the trainers of the step stage take turns step by step."""
+class _InMode:
+    """A trainer whose every step runs in one kernels mode (kernels/__init__.py): the mode is global,
+    and the trainers of the step stage take turns step by step."""
 
-    def __init__(self, tr):
-        self.tr = tr
+    def __init__(self, tr, mode):
+        self.tr, self.mode = tr, mode
 
     def step(self, i):
-        with kernels.enabled(False):
+        with kernels.mode(self.mode):
             return self.tr.step(i)
 
     def __getattr__(self, name):
         return getattr(self.tr, name)
 
 
-# mode: (torch.compile, kernels off, activation checkpointing)
-MODES = {"eager": ("off", False, False), "compiled": ("on", False, False),
-         "compiled, PyTorch paths (no kernels)": ("on", True, False),
-         "compiled, activation checkpointing": ("on", False, True),
-         # the fastest mode so far with the one that fits 10 GB: which the CUDA default should be
-         "compiled, PyTorch paths, activation checkpointing": ("on", True, True)}
+# mode: (torch.compile, --kernels, activation checkpointing). "auto" is the measured CUDA default
+# (kernels.CUDA_DEFAULT): the other kernels modes are timed beside it so that this run can change it.
+MODES = {"eager": ("off", "auto", False), "compiled (--kernels auto)": ("on", "auto", False),
+         "compiled, --kernels triton": ("on", "triton", False),
+         "compiled, --kernels fused": ("on", "fused", False),
+         "compiled, activation checkpointing": ("on", "auto", True)}
 
 
 def stage_step(plan):
     scans = random_scans(2 * plan.batch, n_rois=len(plan.map))
     trs = {}
-    for k, (compile, no_kernels, recompute) in MODES.items():
-        tr = _trainer(plan, compile, scans, grad_checkpoint=recompute)
-        trs[k] = _PyTorchPaths(tr) if no_kernels else tr
+    for k, (compile, mode, recompute) in MODES.items():
+        # a dry run's model runs the PyTorch paths in every mode: the interpreter would take minutes
+        trs[k] = _InMode(_trainer(plan, compile, scans, grad_checkpoint=recompute), "pytorch" if plan.dry else mode)
     first = {k: [timed_step(tr, i)[1] for i in range(2)] for k, tr in trs.items()}   # same init, same batches
     warm = _warmup_steps(trs["eager"])      # from step 0 again: every compiled variant exists before timing
     times, peak = time_steps(trs, warm, plan.timed)
@@ -417,7 +417,7 @@ def main(argv=None):
     runtime.tune_cpu(plan.device)
     # the model on the CPU runs the PyTorch reference (the interpreter would take minutes); the kernels
     # stage switches the kernels on for itself
-    kernels.set_enabled(not plan.dry)
+    kernels.set_mode("pytorch" if plan.dry else "auto")
     if plan.dry:   # tiny ops gain nothing from a second thread, and on a busy machine each parallel
         torch.set_num_threads(1)   # region can wait a whole time slice for it (measured: 8 ms per op)
     t_all, results = time.time(), []

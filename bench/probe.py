@@ -93,7 +93,7 @@ def main(argv=None):
             times[p] += time_features(enc, scans, device, B, resolved)
     for p, resolved in precs.items():
         dt = statistics.median(times[p])
-        cols, mem = device_columns(device, args.no_kernels, precision=resolved)
+        cols, mem = device_columns(device, precision=resolved)
         emit(f"| probe features | {args.preset} | B={B} crops | {cols} | {dt:.2f} s for {S * 8} crops | "
              f"{S * 8 / dt:.1f} crops/s | {mem} |")
     if len(precs) > 1:
@@ -114,7 +114,7 @@ def compare_checkpoints(args):
             times[path] += time_features(enc, scans, device, B, precision)
     for path in encoders:
         dt = statistics.median(times[path])
-        cols, mem = device_columns(device, args.no_kernels, precision=precision)
+        cols, mem = device_columns(device, precision=precision)
         emit(f"| probe features | {os.path.basename(path)} | B={B} crops | {cols} | {dt:.2f} s for {S * 8} crops | "
              f"{S * 8 / dt:.1f} crops/s | {mem} |")
 

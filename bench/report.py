@@ -28,9 +28,10 @@ def add_common_args(ap):
                          "the CPU quick start) (default %(default)s)")
     ap.add_argument("--device", default="auto",
                     help="auto (the GPU when there is one, else the CPU), cpu, cuda, cuda:1, ... (default %(default)s)")
-    ap.add_argument("--no-kernels", action="store_true",
-                    help="time the PyTorch reference paths instead of the Triton kernels (on a GPU; a CPU "
-                         "runs the reference paths either way)")
+    ap.add_argument("--kernels", default="auto", choices=list(kernels.KERNEL_MODES),
+                    help="which path runs the tokenizer and the MCR loss, as train.py --kernels: auto (the measured "
+                         "default), pytorch, triton, fused (the last two need a GPU) (default %(default)s)")
+    ap.add_argument("--no-kernels", action="store_true", help="same as --kernels pytorch")
     ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch CPU threads (default: torch's, one per core; on a busy 2-core machine 1 thread "
                          "can be faster for tiny models, see BENCHMARKS.md)")
@@ -43,8 +44,9 @@ def setup(args):
     """Apply the common options; returns the torch device."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    kernels.set_enabled(not args.no_kernels)
-    return runtime.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
+    kernels.check_mode("pytorch" if args.no_kernels else args.kernels, device)
+    return device
 
 
 def precisions(arg):
@@ -88,8 +90,8 @@ def cpu_name():
     return f"{name} (bf16: {runtime.cpu_bf16_feature() or 'none'})"
 
 
-def device_columns(device, no_kernels=False, precision_note="", precision=None):
-    """'device | precision, kernels on/off' and the peak memory so far, for a results row.
+def device_columns(device, precision_note="", precision=None):
+    """'device | precision, the ops' paths' and the peak memory so far, for a results row.
     precision: 'fp32' or 'bf16' as resolved (default: what --precision auto gives on `device`)."""
     prec = precision or runtime.resolve_precision("auto", device)[0]
     prec = "bf16 autocast" if prec == "bf16" else "fp32"
@@ -99,8 +101,9 @@ def device_columns(device, no_kernels=False, precision_note="", precision=None):
     else:
         mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS"
         dev = f"CPU {cpu_name()}, {torch.get_num_threads()} threads"
-    kern = "off" if no_kernels or not kernels.use_triton(torch.empty(0, device=device)) else "on"
-    return f"{dev} | {prec}{precision_note}, kernels {kern}", mem
+    t = torch.empty(0, device=device)
+    kern = f"tokenizer {kernels.path_for('tokenizer', t)}, MCR {kernels.path_for('MCR loss', t)}"
+    return f"{dev} | {prec}{precision_note}, {kern}", mem
 
 
 def random_scans(n_scans, n_rois=457, length=200, seed=0):

@@ -1,11 +1,11 @@
 """The tokenizer op by each of its paths at paper shapes, and the fused kernel's compile cases.
 
 bench/kernels.py runs these (`--only tokenizer`, `--compile-check`) and bench/gpu_check.py's kernels
-stage the timing, whose fastest right fwd+bwd is to decide kernels.tokenizer_path's default on CUDA:
+stage the timing, whose fastest right fwd+bwd is to decide kernels.CUDA_DEFAULT on CUDA:
 
 - factored: the PyTorch GEMMs of kernels/factored.py (the CPU path);
 - composed: the composed weight's conv in PyTorch, unfold + one matmul per network (kernels/composed.py);
-- conv kernel: that composed conv in Triton (kernels/tokenizer_conv.py, today's CUDA default);
+- conv kernel: that composed conv in Triton (kernels/tokenizer_conv.py, `--kernels triton`);
 - fused: the factored form fused in Triton (kernels/fused_tokenizer.py), whose speed-ups are printed.
 
     python bench/kernels.py --only tokenizer [--dtype bf16]
@@ -83,8 +83,8 @@ PATHS = ("factored", "composed", "conv kernel", "fused")
 def tokenizer_table(err, rows, tol):
     """bench_tokenizer's (errors, rows) -> Markdown lines: each path's time and the fastest, the fused
     kernel's errors, marked **WRONG** above `tol`."""
-    lines = ["", "Tokenizer op by path; the fastest right fwd+bwd should be kernels.tokenizer_path's default on "
-             "CUDA. Fused kernel against the factored path (max |error| / max |factored|): "
+    lines = ["", "Tokenizer op by path; the fastest right fwd+bwd should be kernels.CUDA_DEFAULT's "
+             "tokenizer entry. Fused kernel against the factored path (max |error| / max |factored|): "
              + ", ".join(f"{k} {e:.1e}" for k, e in err.items()) + (" **WRONG**" if max(err.values()) > tol else ""),
              "", "| case | " + " | ".join(f"{p} ms" for p in PATHS) + " | fastest |", "|---|" + "---|" * (len(PATHS) + 1)]
     for case, res in rows:

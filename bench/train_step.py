@@ -143,7 +143,7 @@ def main(argv=None):
     B = args.batch_size
     for k, tr in trainers.items():
         med = statistics.median(times[k])
-        cols, mem = device_columns(device, args.no_kernels, (", default malloc" if args.default_malloc else "")
+        cols, mem = device_columns(device, (", default malloc" if args.default_malloc else "")
                                    + (", compiled" if tr.compiled else ""), precision=tr.precision)
         mem = f"{peak[k] / 2**30:.1f} GiB GPU" if device.type == "cuda" else mem
         emit(f"| train step | {args.preset} | B={B} | {cols} | {med:.3f} s/step (median of {len(times[k])}) | "

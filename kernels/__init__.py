@@ -15,17 +15,26 @@ path; tests/test_kernels.py: the Triton kernels, skipped where triton is not ins
 
 The package is a leaf: it imports nothing of the model, and its functions take tensors. Triton is
 imported only when a Triton path runs, so everything else works where triton is not installed.
-One function per op says which path runs (`tokenizer_path`, `mcr_path`); today's rule:
+One function per op says which path runs (`tokenizer_path`, `mcr_path`), by the mode train.py's
+`--kernels` sets (`set_mode`; one of KERNEL_MODES):
 
-    op          Triton can run (`use_triton`: a CUDA     otherwise (CPU tensor, --no-kernels,
-                tensor or TRITON_INTERPRET=1, triton     or triton not installed)
-                installed, kernels enabled)
-    tokenizer   triton                                   factored
-    MCR loss    triton                                   reference (losses.mcr_loss_reference)
+    mode      tokenizer                                 MCR loss
+    auto      CUDA: CUDA_DEFAULT, by measurement        CUDA: CUDA_DEFAULT, by measurement
+              TRITON_INTERPRET=1: triton (tests)        TRITON_INTERPRET=1: triton (tests)
+              otherwise: factored                       otherwise: reference
+    pytorch   factored (--no-kernels)                   reference (losses.mcr_loss_reference)
+    triton    triton (tokenizer_conv.py)                triton (coding_rate.py)
+    fused     fused (fused_tokenizer.py)                triton (coding_rate.py)
+
+`auto` never runs Triton where it cannot (triton not installed, a CPU tensor without the
+interpreter); `triton` and `fused` are asked for by name, and where Triton cannot run they are an
+error, not a silent fallback. On CUDA, `auto` runs for each op the path the last GPU measurement
+found fastest (CUDA_DEFAULT below, with its figures); a kernel becomes the default when
+bench/gpu_check.py measures it at least 1.5x the best PyTorch path.
 
 Each (op, path) is logged once, the first time it runs. The tokenizer's path can also be chosen by
-name, over the rule (`set_tokenizer_path`, or `tokenizer_path_named` for a block of code): one of
-TOKENIZER_PATHS; a Triton path named where Triton cannot run is an error, not a silent fallback.
+name, over the mode (`set_tokenizer_path`, or `tokenizer_path_named` for a block of code): one of
+TOKENIZER_PATHS (benchmarks and tests).
 
     python -m pytest -q tests/test_tokenizer.py tests/test_losses.py tests/test_kernels.py
 """
@@ -40,11 +49,29 @@ from .checks import check_views  # noqa: F401 -- part of the package's interface
 
 log = logging.getLogger("brain_semantoks.kernels")
 
-_enabled = True          # flipped by train.py --no-kernels, and by tests
+KERNEL_MODES = ("auto", "pytorch", "triton", "fused")
+_mode = "auto"           # set by train.py --kernels (--no-kernels: "pytorch"), and by tests
 _announced = set()       # which (op, path) pairs have been logged already
 TOKENIZER_PATHS = ("reference", "factored", "composed", "triton", "fused")
 TRITON_TOKENIZER_PATHS = ("triton", "fused")
-_tokenizer_named = None  # a name of TOKENIZER_PATHS chosen over the rule; None: the rule decides
+_tokenizer_named = None  # a name of TOKENIZER_PATHS chosen over the mode; None: the mode decides
+
+# What `auto` runs on CUDA: for each op the path bench/gpu_check.py found fastest on the last GPU it
+# ran on (one H100, bf16, 2026-11-26; BENCHMARKS.md "GPU"). A kernel is the default only at >= 1.5x
+# the best PyTorch path. Rerun gpu_check on a GPU and change this table when its figures say so.
+CUDA_DEFAULT = {
+    # the compiled paper step at batch 512: 0.093 s with the factored PyTorch tokenizer against 0.108 s
+    # with the Triton conv kernel, which alone is 0.55x cuDNN's composed conv fwd+bwd (13.6 vs 24.7 ms);
+    # the fused factored kernel (fused_tokenizer.py) has not met a GPU yet
+    "tokenizer": "factored",
+    # the kernel is 1.29x (m 512) to 1.46x (m 4608) the reference fwd+bwd in bf16, 0.96-1.41x in fp32:
+    # below the bar, and a few ms of a ~100 ms step
+    "MCR loss": "reference",
+}
+_PYTORCH_PATH = {"tokenizer": "factored", "MCR loss": "reference"}
+_TRITON_PATH = {"auto": {"tokenizer": "triton", "MCR loss": "triton"},
+                "triton": {"tokenizer": "triton", "MCR loss": "triton"},
+                "fused": {"tokenizer": "fused", "MCR loss": "triton"}}
 
 
 def _triton_importable() -> bool:
@@ -62,27 +89,60 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def set_enabled(flag: bool) -> None:
-    """Allow (True) or forbid (False) the Triton paths everywhere."""
-    global _enabled
-    _enabled = bool(flag)
+def set_mode(mode: str) -> None:
+    """Run the ops by `mode` (one of KERNEL_MODES) from now on: train.py --kernels."""
+    global _mode
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"--kernels {mode!r}: choose one of {', '.join(KERNEL_MODES)}")
+    _mode = mode
 
 
 @contextlib.contextmanager
-def enabled(flag: bool):
-    """Temporarily allow or forbid the Triton paths (tests, A/B benchmarks)."""
-    global _enabled
-    before, _enabled = _enabled, bool(flag)
+def mode(name: str):
+    """Temporarily run the ops by the mode `name` (tests, A/B benchmarks)."""
+    before = _mode
+    set_mode(name)
     try:
         yield
     finally:
-        _enabled = before
+        set_mode(before)
+
+
+def set_enabled(flag: bool) -> None:
+    """Allow the Triton paths where `auto` picks them (True) or run the PyTorch paths (False)."""
+    set_mode("auto" if flag else "pytorch")
+
+
+def enabled(flag: bool):
+    """Temporarily `auto` (True) or `pytorch` (False): tests, A/B benchmarks."""
+    return mode("auto" if flag else "pytorch")
 
 
 def use_triton(t: torch.Tensor) -> bool:
-    """True when Triton can run on `t`: kernels enabled, triton installed, and `t` on CUDA or the
-    CPU interpreter switched on. The per-op rules below build on it."""
-    return _enabled and _HAVE_TRITON and (t.is_cuda or interpreter_on())
+    """True when Triton can run on `t`: kernels not switched off, triton installed, and `t` on CUDA
+    or the CPU interpreter switched on. The per-op rule below builds on it."""
+    return _mode != "pytorch" and _HAVE_TRITON and (t.is_cuda or interpreter_on())
+
+
+def check_mode(mode_name: str, device) -> None:
+    """Before a run: a mode that names a kernel needs Triton on `device`; a clear error, not a fallback."""
+    set_mode(mode_name)
+    if mode_name in ("triton", "fused") and not use_triton(torch.empty(0, device=device)):
+        why = ("triton is not installed" if not _HAVE_TRITON else
+               f"the run is on {device}, not a CUDA device (the CPU interpreter, TRITON_INTERPRET=1, is for tests)")
+        raise ValueError(f"--kernels {mode_name} runs Triton kernels, but {why}; use --kernels auto or pytorch")
+
+
+def path_for(op: str, t: torch.Tensor) -> str:
+    """THE rule: which path runs `op` (a key of CUDA_DEFAULT) on `t`, by the mode (table above)."""
+    if not use_triton(t):
+        if _mode in ("triton", "fused"):
+            raise RuntimeError(f"kernels mode {_mode!r} needs Triton: triton installed, and a CUDA tensor or "
+                               f"TRITON_INTERPRET=1")
+        return _PYTORCH_PATH[op]
+    if _mode == "auto" and t.is_cuda:
+        return CUDA_DEFAULT[op]
+    return _TRITON_PATH[_mode][op]
 
 
 def _announce(op: str, path: str, t: torch.Tensor) -> str:
@@ -92,9 +152,9 @@ def _announce(op: str, path: str, t: torch.Tensor) -> str:
         if path in TRITON_TOKENIZER_PATHS:
             why = "" if t.is_cuda else " (interpreter)"
         elif use_triton(t):
-            why = ""                       # Triton could run: the rule chose otherwise
+            why = " (the measured CUDA default, kernels/__init__.py)" if t.is_cuda else ""
         else:
-            why = (" (kernels disabled)" if not _enabled else
+            why = (" (--kernels pytorch)" if _mode == "pytorch" else
                    " (triton not installed)" if not _HAVE_TRITON else " (no CUDA tensor)")
         log.info("kernels: %s runs the %s path%s", op, path, why)
     return path
@@ -118,7 +178,7 @@ class TokenizerWeights(NamedTuple):
 
 
 def set_tokenizer_path(name) -> None:
-    """Run the tokenizer op by the path `name` (one of TOKENIZER_PATHS) from now on; None: by the rule."""
+    """Run the tokenizer op by the path `name` (one of TOKENIZER_PATHS) from now on; None: by the mode."""
     global _tokenizer_named
     if name is not None and name not in TOKENIZER_PATHS:
         raise ValueError(f"unknown tokenizer path {name!r}; choose one of {TOKENIZER_PATHS}")
@@ -127,7 +187,7 @@ def set_tokenizer_path(name) -> None:
 
 @contextlib.contextmanager
 def tokenizer_path_named(name):
-    """Temporarily run the tokenizer op by the path `name` (tests, A/B benchmarks); None: the rule."""
+    """Temporarily run the tokenizer op by the path `name` (tests, A/B benchmarks); None: the mode."""
     before = _tokenizer_named
     set_tokenizer_path(name)
     try:
@@ -137,16 +197,14 @@ def tokenizer_path_named(name):
 
 
 def tokenizer_path(x: torch.Tensor) -> str:
-    """THE rule for the tokenizer op: one of TOKENIZER_PATHS; a path named by set_tokenizer_path wins.
-    (A GPU run measured the Triton conv at 0.55x the composed PyTorch conv, fwd+bwd on H100 bf16;
-    to run that instead on CUDA: `"composed" if x.is_cuda else ...`. The fused factored kernel is
-    not timed yet: bench/gpu_check.py's kernels stage compares all paths.)"""
+    """The tokenizer op's path: one of TOKENIZER_PATHS; a path named by set_tokenizer_path wins over
+    the mode, else `path_for`."""
     if _tokenizer_named is not None:
         if _tokenizer_named in TRITON_TOKENIZER_PATHS and not use_triton(x):
             raise RuntimeError(f"tokenizer path {_tokenizer_named!r} needs Triton: kernels enabled, triton "
                                f"installed, and a CUDA tensor or TRITON_INTERPRET=1")
         return _announce("tokenizer", _tokenizer_named, x)
-    return _announce("tokenizer", "triton" if use_triton(x) else "factored", x)
+    return _announce("tokenizer", path_for("tokenizer", x), x)
 
 
 def tokenizer_conv_gelu_mean(xs: torch.Tensor, w: TokenizerWeights, reference) -> torch.Tensor:
@@ -201,8 +259,8 @@ def fused_conv_gelu_mean(xs: torch.Tensor, w: TokenizerWeights) -> torch.Tensor:
 # the MCR loss op (SPEC §7)
 # ---------------------------------------------------------------------------------------------
 def mcr_path(s: torch.Tensor) -> str:
-    """THE rule for the MCR loss: "reference" or "triton"."""
-    return _announce("MCR loss", "triton" if use_triton(s) else "reference", s)
+    """The MCR loss's path: "reference" or "triton", by `path_for`."""
+    return _announce("MCR loss", path_for("MCR loss", s), s)
 
 
 def mcr_loss(student_views, teacher_views, eps: float, reference):

@@ -249,8 +249,8 @@ def test_dispatch_logs_each_path_once(monkeypatch, caplog):
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == ["kernels: tokenizer runs the triton path (interpreter)",
                     "kernels: MCR loss runs the triton path (interpreter)",
-                    "kernels: tokenizer runs the factored path (kernels disabled)",
-                    "kernels: MCR loss runs the reference path (kernels disabled)"]
+                    "kernels: tokenizer runs the factored path (--kernels pytorch)",
+                    "kernels: MCR loss runs the reference path (--kernels pytorch)"]
 
 
 def test_mcr_through_losses_same_with_and_without_kernels():

@@ -107,6 +107,56 @@ def test_paper_form_equals_the_authors_model(monkeypatch):
         assert (got - want).abs().max().item() <= 1e-10 * max(1.0, want.abs().max().item())
 
 
+class _FakeCuda:
+    """A stand-in for a CUDA tensor: the rule looks only at `is_cuda`, so it is tested without a GPU."""
+    is_cuda = True
+
+
+@pytest.mark.parametrize("mode, cuda, cpu_interpreted, cpu", [
+    # on CUDA, auto is the table of measured defaults; the interpreter runs the kernels (it exists to test them)
+    ("auto", kernels.CUDA_DEFAULT, ("triton", "triton"), ("factored", "reference")),
+    ("pytorch", ("factored", "reference"), ("factored", "reference"), ("factored", "reference")),
+    ("triton", ("triton", "triton"), ("triton", "triton"), None),
+    ("fused", ("fused", "triton"), ("fused", "triton"), None),
+])
+def test_kernel_modes_pick_the_paths_of_the_table(monkeypatch, mode, cuda, cpu_interpreted, cpu):
+    monkeypatch.setattr(kernels, "_HAVE_TRITON", True)       # the rule, not the kernels: no triton needed
+    monkeypatch.setattr(kernels, "_announced", {("tokenizer", p) for p in kernels.TOKENIZER_PATHS}
+                        | {("MCR loss", p) for p in ("reference", "triton")})
+    if isinstance(cuda, dict):
+        cuda = (cuda["tokenizer"], cuda["MCR loss"])
+    x = torch.zeros(1)
+    with kernels.mode(mode):
+        assert (kernels.tokenizer_path(_FakeCuda()), kernels.mcr_path(_FakeCuda())) == cuda
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert (kernels.tokenizer_path(x), kernels.mcr_path(x)) == cpu_interpreted
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        if cpu is None:                                        # a kernel asked for by name: never a fallback
+            with pytest.raises(RuntimeError, match=f"kernels mode '{mode}' needs Triton"):
+                kernels.tokenizer_path(x)
+        else:
+            assert (kernels.tokenizer_path(x), kernels.mcr_path(x)) == cpu
+
+
+def test_cuda_default_is_the_measured_pytorch_paths():
+    """The last GPU measurement (H100, BENCHMARKS.md) found the PyTorch paths faster: 0.093 vs 0.108 s
+    per compiled step, MCR kernel below 1.5x. Changing the default means changing this with new figures."""
+    assert kernels.CUDA_DEFAULT == {"tokenizer": "factored", "MCR loss": "reference"}
+
+
+def test_kernels_mode_errors(monkeypatch):
+    with pytest.raises(ValueError, match="--kernels 'cudnn': choose one of auto, pytorch, triton, fused"):
+        kernels.set_mode("cudnn")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with kernels.mode("auto"):
+        with pytest.raises(ValueError, match="--kernels fused runs Triton kernels, but .*not a CUDA device"):
+            kernels.check_mode("fused", "cpu")
+        kernels.check_mode("pytorch", "cpu")                   # fine anywhere
+    monkeypatch.setattr(kernels, "_HAVE_TRITON", False)
+    with kernels.mode("auto"), pytest.raises(ValueError, match="triton is not installed"):
+        kernels.check_mode("triton", "cpu")
+
+
 def test_rule_without_triton_is_the_factored_path(monkeypatch, caplog):
     """Where triton is not installed the rule falls back to the factored path, and says why, once."""
     monkeypatch.setattr(kernels, "_HAVE_TRITON", False)

@@ -17,6 +17,7 @@ from typing import Optional
 
 from data.load import check_no_data_options
 from encoder import EncoderConfig
+import kernels
 from machine import runtime
 from tokenizer import INITS
 from training.trainer import WEIGHT_DECAY_POLICIES
@@ -28,7 +29,7 @@ PRESET_TRAINING = {  # training defaults a preset brings along (anything given o
     # (measured: teacher projection std 0.018 instead of the SPEC's ~0.07, no subject separation gained)
     "demo": dict(batch_size=64, steps=120, log_every=10, ema_momentum=0.9),
 }
-KEEP_ON_RESUME = ("out", "resume", "log_every", "ckpt_every", "device", "no_kernels",  # may change across a resume
+KEEP_ON_RESUME = ("out", "resume", "log_every", "ckpt_every", "device", "kernels", "no_kernels",  # may change across a resume
                   "precision", "compile", "grad_checkpoint")  # machine choices: a run may move to another machine
 
 
@@ -73,7 +74,8 @@ class TrainConfig:
     log_every: int = 20
     ckpt_every: int = 500
     device: str = "auto"
-    no_kernels: bool = False
+    kernels: str = "auto"      # which path runs each hot op (kernels/__init__.py); "auto": the measured default
+    no_kernels: bool = False   # = kernels "pytorch" (the older flag)
     precision: str = "auto"
     compile: str = "auto"
     grad_checkpoint: bool = False
@@ -169,8 +171,12 @@ def _run_options(g):
         a stopped run resumes from the last one. (default: {TrainConfig.ckpt_every})""")
     g.add_argument("--device", type=str, help=f"""auto (cuda:LOCAL_RANK if there is a GPU, else cpu), cpu,
         cuda (= cuda:LOCAL_RANK: torchrun's processes one GPU each), cuda:1 ... (default: {TrainConfig.device})""")
-    g.add_argument("--no-kernels", action="store_true", help="""Use the plain-PyTorch paths instead of the Triton
-        kernels (to compare, or where a kernel misbehaves).""")
+    g.add_argument("--kernels", type=str, choices=list(kernels.KERNEL_MODES), help=f"""Which path runs the tokenizer
+        and the MCR loss: auto (on CUDA the path the last GPU measurement found fastest, kernels/__init__.py:
+        today the PyTorch ones; on a CPU the PyTorch ones), pytorch, triton (the Triton conv and MCR kernels),
+        fused (the fused factored tokenizer kernel + the MCR kernel); triton and fused need a GPU.
+        (default: {TrainConfig.kernels})""")
+    g.add_argument("--no-kernels", action="store_true", help="""Same as --kernels pytorch.""")
     g.add_argument("--precision", type=str, choices=list(runtime.PRECISIONS), help=f"""auto: bf16 autocast on CUDA and
         on CPUs with native bf16, fp32 elsewhere; fp32 for the same numbers on every machine.
         (default: {TrainConfig.precision})""")
