@@ -24,6 +24,10 @@ import torch.nn.functional as F
 def factored_conv_gelu_mean(xs: torch.Tensor, w) -> torch.Tensor:
     """xs (B, C, T') with ROIs sorted by network, w a kernels.TokenizerWeights -> (B, N, P, D)."""
     B, C, T = xs.shape
+    if torch.amp.is_autocast_available(xs.device.type) and torch.is_autocast_enabled(xs.device.type):
+        # every GEMM below would cast its copy of x (the 3-tap stack is 3x its size): cast once, first,
+        # and pad, permute and stack in half the bytes. The same numbers: those only move values
+        xs = xs.to(torch.get_autocast_dtype(xs.device.type))
     L, (K, half), N = w.patch_len, (w.sg_taps.shape[1], w.lin_weight.shape[1]), len(w.offsets) - 1
     P, c, W = T // L, (K - 1) // 2, L + K - 1                       # W: padded patch length
     xpad = F.pad(xs.view(B, C, P, L), (c, K - 1 - c))               # (B, C, P, W) zero pad inside patches
