@@ -13,6 +13,7 @@ its crops; --per-crop keeps every crop.
 Outputs, for --out X.npy or --out X.csv (default: embeddings_<data name>.npy beside the checkpoint):
   X.npy           float32 (S, 2D), or (S, n_crops, 2D) with --per-crop; rows in scan order
   X_subjects.txt  one subject id per scan, same order
+  X_config.json   how the data were read: atlases, masked networks, band-pass, crop length, ROI-order fit
   X.csv           only for --out X.csv: columns subject[, crop], f0..f{2D-1}; a row per scan (crop)
 
 Data options are probe.py's (--data .npy/folder/.h5, --layout, --tr, --subjects, --networks,
@@ -23,6 +24,7 @@ size).
 import argparse
 import csv
 import io
+import json
 import time
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from data.load import subjects_path
 from evaluation import features, options
 from machine import runtime
 from machine.cli import cli
+from machine.fileio import check_writable
 from training import checkpoint
 
 OUT_SUFFIXES = (".npy", ".csv")
@@ -86,12 +89,14 @@ def write_csv(path, feats, subjects, chunk=1024):
                 f.write(f"{ids[s]},{k},{line}\n" if per_crop else f"{ids[s]},{line}\n")
 
 
-def write_embeddings(out, feats, subjects) -> list:
-    """X.npy, X_subjects.txt and, for out = X.csv, the CSV. Returns the paths written."""
+def write_embeddings(out, feats, subjects, config=None) -> list:
+    """X.npy, X_subjects.txt, X_config.json (how the data were read: atlases, masked networks, band-pass,
+    crop length) and, for out = X.csv, the CSV. Returns the paths written."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_name(out.stem + ".npy"), subjects_path(out)]
+    paths = [out.with_name(out.stem + ".npy"), subjects_path(out), out.with_name(out.stem + "_config.json")]
     np.save(paths[0], feats.astype(np.float32, copy=False))
     paths[1].write_text("".join(f"{s}\n" for s in subjects))
+    paths[2].write_text(json.dumps(config or {}, indent=1))
     if out.suffix.lower() == ".csv":
         write_csv(out, feats, subjects)
         paths.append(out)
@@ -100,22 +105,24 @@ def write_embeddings(out, feats, subjects) -> list:
 
 def run(args):
     options.check_data_arguments(args)
-    out = output_path(args)
+    out = check_writable(output_path(args))
     device = str(runtime.resolve_device(args.device))
     encoder, meta = checkpoint.load_teacher(args.ckpt, network_map=options.teacher_map(args.networks))
-    scans, data_path, synthetic = options.load_data(args, len(meta["network_map"]))
+    data = options.load_data(args, encoder, meta)
+    scans = data.scans
     precision, why = runtime.resolve_precision(args.precision, torch.device(device))
     print(f"Embedding {len(scans)} scans ({scans.n_subjects} subjects) of "
-          f"{'the SYNTHETIC probe cohort' if synthetic else data_path}: {args.crops} crops each, "
-          f"{2 * encoder.config.dim} features per crop, on {device}, {precision} ({why})")
+          f"{'the SYNTHETIC probe cohort' if data.synthetic else data.path}: {args.crops} crops of {data.crop_len} "
+          f"time points each, {2 * encoder.config.dim} features per crop, on {device}, {precision} ({why})"
+          + (f"; masked networks: {', '.join(data.masked_names)}" if data.masked_names else ""))
     t0 = time.time()
     feats = features.encoder_features(encoder, scans, args.crops, options.crops_per_batch(args, device), device,
-                                      "teacher features", precision)            # (S, K, 2D)
+                                      "teacher features", precision, data.masked_networks)   # (S, K, 2D)
     if not args.per_crop:
         feats = feats.mean(1)                                                   # (S, 2D) mean over crops
-    paths = write_embeddings(out, feats, scans.subjects)
+    paths = write_embeddings(out, feats, scans.subjects, data.config())
     print(f"{feats.shape} float32 in {time.time() - t0:.1f} s; wrote {', '.join(map(str, paths))}")
-    return {"features": feats, "subjects": list(scans.subjects), "files": paths}
+    return {"features": feats, "subjects": list(scans.subjects), "files": paths, "data": data.config()}
 
 
 def main(argv=None):

@@ -36,10 +36,11 @@ from dataclasses import asdict
 import torch.distributed as dist
 
 import kernels
-from data import networks, synthetic
+from data import atlases, networks, synthetic
 from data.connectivity import group_fc
 from data.load import load_scans
 from machine import runtime
+from machine.fileio import check_writable
 from training import checkpoint
 from training.batches import TrainBatches
 from training.config import KEEP_ON_RESUME, TrainConfig, build_parser, encoder_config, resolve_config
@@ -84,7 +85,7 @@ def load_data(cfg, files):
         path = os.path.join(synthetic.ensure_synthetic_cohort(), "pretrain.npy")
         files.say(f"no --data given: training on the built-in SYNTHETIC cohort {path} "
                   "(random stand-in data for trying the pipeline, not real fMRI)")
-    return load_scans(path, layout=cfg.layout, tr=cfg.tr)
+    return load_scans(path, layout=cfg.layout, tr=cfg.tr, atlases=cfg.atlases, bandpass=cfg.bandpass)
 
 
 def load_network_map(cfg, scans, files):
@@ -101,7 +102,21 @@ def load_network_map(cfg, scans, files):
             networks.plot_network_fc(fc, network_map, os.path.join(cfg.out, "network_fc.png"))
     else:
         network_map = networks.load_network_map(cfg.networks, n_rois=scans.n_rois)
+        if files.rank == 0:   # a map that does not fit the data (e.g. 17-network order): a warning, never an error
+            warning = networks.check_order(scans, network_map, remedies="pass the map of your atlas "
+                                           "(--networks FILE), or --networks auto:K", seed=cfg.seed)[1]
+            files.warn(warning and f"warning: {warning}")
     return networks.validate_network_map(network_map, n_rois=scans.n_rois)
+
+
+def absent_networks(scans, network_map, files):
+    """The networks of atlases the data lack (masked, no loss), said on rank 0; None when all are there."""
+    names = networks.network_names(network_map)
+    masked = atlases.masked_networks(network_map, scans.absent_rois, names)
+    if masked:
+        files.say(f"atlases {', '.join(scans.atlases)}: masked networks (absent atlases; the mask embedding in "
+                  f"every patch, no loss): {', '.join(names[n] for n in masked)}")
+    return masked
 
 
 def training_batches(cfg, scans, enc_cfg, device, rank, world):
@@ -154,6 +169,8 @@ def train(cfg: TrainConfig, given=()):
     runtime.tune_cpu(device)  # flush denormals; on a CPU run keep freed memory (runtime.py says why)
     kernels.set_enabled(not cfg.no_kernels)
     files = RunFiles(cfg.out, rank)
+    if rank == 0:
+        check_writable(cfg.out, folder=True)   # before any work
 
     # ============ output folder: a new run, or the saved one to resume ============
     cfg, state = open_output(cfg, given, files)
@@ -167,7 +184,8 @@ def train(cfg: TrainConfig, given=()):
     total = cfg.steps if cfg.steps is not None else cfg.epochs * spe   # >= 1: resolve_config checked both
 
     # ============ student, EMA teacher, optimizer ============
-    tr = Trainer(cfg, enc_cfg, network_map, batches, total, device, rank, world)
+    tr = Trainer(cfg, enc_cfg, network_map, batches, total, device, rank, world,
+                 absent_networks=absent_networks(scans, network_map, files))
     start = start_weights(tr, cfg, enc_cfg, network_map, state, files)
     files.write_config(cfg, enc_cfg, tr, network_map)
     if rank == 0:

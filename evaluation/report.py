@@ -112,7 +112,8 @@ def run_config(args, setup):
             "split": list(setup.ratios), "seeds": setup.seeds, "crops": args.crops,
             "crop_len": setup.encoder.config.crop_len, "device": setup.device, "precision": setup.precision,
             "precision_reason": setup.precision_reason, "encoder_config": setup.meta["encoder_config"],
-            "C_grid": C_GRID.tolist(), "alpha_grid": ALPHA_GRID.tolist(), "max_iter": args.max_iter}
+            "C_grid": C_GRID.tolist(), "alpha_grid": ALPHA_GRID.tolist(), "max_iter": args.max_iter,
+            **(setup.data.config() if setup.data is not None else {})}
 
 
 def task_summary(task):

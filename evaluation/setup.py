@@ -110,6 +110,7 @@ class Setup:
     labels_path: Path = None          # None: the .h5's own label datasets
     precision: str = "fp32"
     precision_reason: str = ""
+    data: options.Data = None         # the data and how the model reads them (masked networks, crop length)
 
 
 def prepare(args):
@@ -118,12 +119,12 @@ def prepare(args):
     device = str(runtime.resolve_device(args.device))
     ckpt = Path(args.ckpt)
     encoder, meta = checkpoint.load_teacher(ckpt, network_map=options.teacher_map(args.networks))
-    scans, data_path, synthetic = options.load_data(args, len(meta["network_map"]))
-    labels_path = (data_path.with_name("probe_labels.csv") if synthetic
+    data = options.load_data(args, encoder, meta)
+    labels_path = (data.path.with_name("probe_labels.csv") if data.synthetic
                    else Path(args.labels) if args.labels else None)
     precision, why = runtime.resolve_precision(args.precision, device)
-    return Setup(ratios, seeds, baselines, device, ckpt, encoder, meta, scans, data_path, synthetic, labels_path,
-                 precision, why)
+    return Setup(ratios, seeds, baselines, device, ckpt, encoder, meta, data.scans, data.path, data.synthetic,
+                 labels_path, precision, why, data)
 
 
 def load_task(setup, name, task_type="auto", bins=None, table=None, continuous_only=False):

@@ -122,7 +122,8 @@ def _teacher_from(obj, path, map_location="cpu", network_map=None, dtype=None):
         state, meta = states["teacher"]["encoder"], {
             "format": "authors", "encoder_config": asdict(config), "network_map": torch.from_numpy(m),
             "network_names": network_names(m), "step": obj.get("epoch") if "model_state_dict" in obj else None,
-            "train_config": {"imported_from": os.path.abspath(path)}}
+            "train_config": {"imported_from": os.path.abspath(path)},
+            "mask_embedding": "teacher_encoder.inter_network_transformer.mask_embedding" in _authors_state_dict(obj)}
     else:
         obj = _check_format(obj, path, TEACHER_FORMAT)
         config, m, state = _our_config(obj, path), obj["network_map"].numpy(), obj["state_dict"]
@@ -130,6 +131,8 @@ def _teacher_from(obj, path, map_location="cpu", network_map=None, dtype=None):
             raise ValueError(f"{path} carries the network map it was trained with; a different --networks "
                              f"cannot apply to it (leave --networks out)")
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        # a run that never masked (--mask-prob 0) leaves the mask embedding at its random start
+        meta["mask_embedding"] = (obj.get("train_config") or {}).get("mask_prob", 1) != 0
     try:
         encoder = Encoder(config, m)
         if dtype is not None:

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from data.atlases import parse_atlases
+from data.bandpass import check_band
 from data.load import check_no_data_options
 from encoder import EncoderConfig
 from machine import runtime
@@ -41,6 +43,8 @@ class TrainConfig:
     layout: str = "SCT"
     tr: Optional[float] = None
     networks: str = "default"
+    atlases: Optional[str] = None     # an array/folder with only some atlases: which (data/atlases.py)
+    bandpass: Optional[list] = None   # [low, high] Hz, band-pass on loading (data/bandpass.py); None: as given
     # --- model
     preset: Optional[str] = None
     dim: Optional[int] = None
@@ -106,6 +110,12 @@ def _data_options(g):
     g.add_argument("--networks", type=str, help=f"""ROI -> network map: default (SPEC §2, the paper's 457 ROIs),
         FILE (.txt/.csv/.npy, one network id per ROI) for another atlas, or auto:K to cluster the data's group FC
         into K networks when your atlas comes without one. (default: {TrainConfig.networks})""")
+    g.add_argument("--atlases", type=str, help="""For an array or folder with only some of the release's atlases:
+        which, e.g. schaefer400,tian3. The absent atlases' networks are masked in every patch and take no loss
+        (an .h5 in the authors' layout says itself which it holds). (default: all three)""")
+    g.add_argument("--bandpass", type=float, nargs=2, metavar=("LOW", "HIGH"), help="""Band-pass every scan, in Hz,
+        after resampling to 2.0 s and before z-scoring (Butterworth order 5, zero-phase); the released model was
+        trained on data filtered 0.01 0.1. (default: no filtering)""")
 
 
 def _model_options(g):
@@ -194,6 +204,9 @@ def resolve_config(given: dict) -> TrainConfig:
             setattr(cfg, k, v)
     if cfg.data is None:   # never applied to the synthetic cohort
         check_no_data_options({f"--{k}" for k in ("tr", "layout") if k in given}, "the synthetic cohort")
+    if cfg.bandpass is not None:
+        cfg.bandpass = list(check_band(*cfg.bandpass))
+    parse_atlases(cfg.atlases)
     if cfg.out is None:
         cfg.out = os.path.join("runs", cfg.preset)
     _check_ranges(cfg)
