@@ -43,7 +43,8 @@ OUT_SUFFIXES = (".npy", ".csv")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Embed every scan of a dataset with a frozen Brain-Semantoks teacher.")
-    p.add_argument("--ckpt", required=True, help="teacher.pt written by train.py (or the authors' checkpoint)")
+    p.add_argument("--ckpt", required=True, help="teacher.pt written by train.py, the authors' checkpoint, or the "
+                                                 "release by name: hf:SamGijsen/Brain-Semantoks[/FILE][@REVISION]")
     p.add_argument("--out", help="X.npy or X.csv: writes X.npy, X_subjects.txt (and X.csv) "
                                  "(default: embeddings_<data name>.npy beside the checkpoint)")
     p.add_argument("--per-crop", action="store_true", help="keep every crop's features instead of their mean")
@@ -55,7 +56,7 @@ def output_path(args) -> Path:
     """--out, checked before any work (a wrong suffix should not cost a pass over the data)."""
     if args.out is None:
         name = "synthetic_probe" if args.data is None else Path(args.data).stem
-        return Path(args.ckpt).resolve().parent / f"embeddings_{name}.npy"
+        return checkpoint.output_home(args.ckpt) / f"embeddings_{name}.npy"
     out = Path(args.out)
     if out.suffix.lower() not in OUT_SUFFIXES:
         raise ValueError(f"--out {out}: expected a name ending in .npy or .csv (the .npy and the subject ids "

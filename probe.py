@@ -57,7 +57,8 @@ from machine.fileio import check_writable
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Linear-probe a pretrained Brain-Semantoks teacher (SPEC §9).")
-    p.add_argument("--ckpt", required=True, help="teacher.pt written by train.py (or the authors' checkpoint)")
+    p.add_argument("--ckpt", required=True, help="teacher.pt written by train.py, the authors' checkpoint, or the "
+                                                 "release by name: hf:SamGijsen/Brain-Semantoks[/FILE][@REVISION]")
     p.add_argument("--task", required=True, help="column of the labels file to predict, or 'all': every column "
                                                  "in one table (probe_all.json, probe_all.png)")
     options.add_data_arguments(p)
@@ -148,7 +149,7 @@ def run_all(args, setup):
 
 def _out_path(args, setup, default_name):
     """--out, else `default_name` beside the checkpoint."""
-    return Path(args.out) if args.out else setup.ckpt.resolve().parent / default_name
+    return Path(args.out) if args.out else setup.home / default_name
 
 
 def main(argv=None):

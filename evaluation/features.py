@@ -93,7 +93,7 @@ def method_features(args, setup):
     """Per-scan features of the teacher and the baselines of a probe run (evaluation.setup.Setup) ->
     {method: (S, K, F)}; encoder features come from (and go to) the on-disk cache."""
     cache_dir = (None if args.no_cache else Path(args.cache_dir) if args.cache_dir
-                 else setup.ckpt.resolve().parent / ".feature_cache")
+                 else (setup.home or setup.ckpt.resolve().parent) / ".feature_cache")
     device, precision, scans = setup.device, setup.precision, setup.scans
     print(f"  features: {'bf16 autocast' if precision == 'bf16' else 'fp32'} on {device} ({setup.precision_reason})")
     masked = setup.data.masked_networks if setup.data is not None else None

@@ -12,6 +12,9 @@ Two files per run (SPEC §6: after training the student is discarded, the teache
   (seed, step), so no RNG state is needed); same container format
   {"format": "brain-semantoks/state", "version": 1, ...}.
 
+`--ckpt hf:OWNER/NAME[/FILE][@REV]` (the release by name) is fetched through huggingface_hub's cache
+(release.py) wherever a checkpoint is read.
+
 Checkpoints of the authors' code (their `main.py` dict or a bare `model_state_dict`, with or
 without DDP's "module." prefix, e.g. their released UK Biobank model) are read wherever ours are:
 `load_teacher` (probe.py, embed.py) and `load_init` (train.py --init-from). Their sizes are read
@@ -30,6 +33,7 @@ import os
 import pickle
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,14 +42,40 @@ from data.networks import default_network_map, load_network_map, network_names, 
 from encoder import Encoder, EncoderConfig, sincos_embedding
 from machine.cli import cli
 from machine.fileio import atomic_write
+from training import release
 
 TEACHER_FORMAT = "brain-semantoks/teacher"
 STATE_FORMAT = "brain-semantoks/state"
 VERSION = 1
 
 
+def checkpoint_file(spec):
+    """--ckpt -> the local file it names: itself, or for hf:OWNER/NAME[/FILE][@REV] the release's weights in
+    the huggingface_hub cache (training/release.py)."""
+    return Path(release.resolve(spec)[0]) if release.is_release(spec) else Path(spec)
+
+
+def output_home(spec):
+    """Where a command writes by default what belongs to a checkpoint (reports, feature cache): beside the
+    file, or for a release runs/<owner>--<name>/ (never inside the huggingface_hub cache)."""
+    if release.is_release(spec):
+        return Path("runs") / release.parse(spec)[0].replace("/", "--")
+    return Path(spec).resolve().parent
+
+
+def _with_config(obj, config):
+    """An authors' checkpoint without a config of its own gets the release's config file (heads, patch)."""
+    if config is None or not isinstance(obj, dict) or "format" in obj or isinstance(obj.get("config"), dict):
+        return obj
+    return {**obj, "config": config} if "model_state_dict" in obj else {"model_state_dict": obj, "config": config}
+
+
 def _read(path, map_location):
-    """torch.load(weights_only=True) with every failure turned into a ValueError about the file."""
+    """torch.load(weights_only=True) with every failure turned into a ValueError about the file; an
+    hf: name is fetched first (release.py), its config file merged in."""
+    if release.is_release(path):
+        local, config = release.resolve(path)
+        return _with_config(_read(local, map_location), config)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"checkpoint not found: {path}")

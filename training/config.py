@@ -163,7 +163,8 @@ def _optimisation_options(g):
                    help=f"The coding-rate epsilon of the MCR losses (SPEC §7). (default: {TrainConfig.eps})")
     g.add_argument("--clip-grad", type=float, help=f"Gradient-norm clip. (default: {TrainConfig.clip_grad})")
     g.add_argument("--init-from", type=str, help="""Start student, teacher and head from a model instead of random
-        weights: the authors' .pth, or our teacher.pt / state.pt (the optimizer starts fresh). Use it to continue
+        weights: the authors' .pth, the release by name (hf:SamGijsen/Brain-Semantoks), or our teacher.pt / state.pt
+        (the optimizer starts fresh). Use it to continue
         pretraining the released model on your data.""")
 
 
