@@ -36,7 +36,7 @@ from evaluation import features, options
 from machine import runtime
 from machine.cli import cli
 from machine.fileio import check_writable
-from training import checkpoint
+from training import checkpoint, release
 
 OUT_SUFFIXES = (".npy", ".csv")
 
@@ -56,7 +56,7 @@ def output_path(args) -> Path:
     """--out, checked before any work (a wrong suffix should not cost a pass over the data)."""
     if args.out is None:
         name = "synthetic_probe" if args.data is None else Path(args.data).stem
-        return checkpoint.output_home(args.ckpt) / f"embeddings_{name}.npy"
+        return release.output_home(args.ckpt) / f"embeddings_{name}.npy"
     out = Path(args.out)
     if out.suffix.lower() not in OUT_SUFFIXES:
         raise ValueError(f"--out {out}: expected a name ending in .npy or .csv (the .npy and the subject ids "

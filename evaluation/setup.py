@@ -16,7 +16,7 @@ from data.scans import Scans
 from encoder import Encoder
 from evaluation import options
 from machine import runtime
-from training import checkpoint
+from training import checkpoint, release
 
 ALL = "all"                           # --task all: every label column in one run
 
@@ -118,14 +118,14 @@ def prepare(args):
     """Options, model, data and labels path of a run -> Setup (every error before any work)."""
     ratios, seeds, baselines = check_options(args)
     device = str(runtime.resolve_device(args.device))
-    ckpt = checkpoint.checkpoint_file(args.ckpt)   # hf:OWNER/NAME: the release in huggingface_hub's cache
+    ckpt = release.checkpoint_file(args.ckpt)   # hf:OWNER/NAME: the release in huggingface_hub's cache
     encoder, meta = checkpoint.load_teacher(args.ckpt, network_map=options.teacher_map(args.networks))
     data = options.load_data(args, encoder, meta)
     labels_path = (data.path.with_name("probe_labels.csv") if data.synthetic
                    else Path(args.labels) if args.labels else None)
     precision, why = runtime.resolve_precision(args.precision, device)
     return Setup(ratios, seeds, baselines, device, ckpt, encoder, meta, data.scans, data.path, data.synthetic,
-                 labels_path, precision, why, data, checkpoint.output_home(args.ckpt))
+                 labels_path, precision, why, data, release.output_home(args.ckpt))
 
 
 def load_task(setup, name, task_type="auto", bins=None, table=None, continuous_only=False):

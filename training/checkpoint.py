@@ -33,7 +33,6 @@ import os
 import pickle
 import warnings
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,20 +46,6 @@ from training import release
 TEACHER_FORMAT = "brain-semantoks/teacher"
 STATE_FORMAT = "brain-semantoks/state"
 VERSION = 1
-
-
-def checkpoint_file(spec):
-    """--ckpt -> the local file it names: itself, or for hf:OWNER/NAME[/FILE][@REV] the release's weights in
-    the huggingface_hub cache (training/release.py)."""
-    return Path(release.resolve(spec)[0]) if release.is_release(spec) else Path(spec)
-
-
-def output_home(spec):
-    """Where a command writes by default what belongs to a checkpoint (reports, feature cache): beside the
-    file, or for a release runs/<owner>--<name>/ (never inside the huggingface_hub cache)."""
-    if release.is_release(spec):
-        return Path("runs") / release.parse(spec)[0].replace("/", "--")
-    return Path(spec).resolve().parent
 
 
 def _with_config(obj, config):

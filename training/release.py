@@ -8,6 +8,8 @@ config, e.g. for the attention heads, which no tensor shape shows) is read when 
 the checkpoint carries no config of its own.
 
 checkpoint.py calls `resolve` wherever a checkpoint is read; nothing else here reads weights.
+`checkpoint_file(spec)` is the local file a --ckpt names; `output_home(spec)` where a command writes
+what belongs to it by default (beside the file; for a release runs/OWNER--NAME/, never inside the cache).
 
     python -m training.release hf:SamGijsen/Brain-Semantoks     # fetch (or find in the cache), print the path
 """
@@ -77,6 +79,20 @@ def resolve(spec, cache_dir=None):
                                                f"hf:{repo}/{found[0]}" if found else "holds no .pth or .pt file"))
         path = folder / found[0]
     return path, _config(folder)
+
+
+def checkpoint_file(spec):
+    """--ckpt -> the local file it names: itself, or for hf:OWNER/NAME[/FILE][@REV] the release's weights in
+    the huggingface_hub cache."""
+    return Path(resolve(spec)[0]) if is_release(spec) else Path(spec)
+
+
+def output_home(spec):
+    """Where a command writes by default what belongs to a checkpoint (reports, feature cache): beside the
+    file, or for a release runs/<owner>--<name>/ (never inside the huggingface_hub cache)."""
+    if is_release(spec):
+        return Path("runs") / parse(spec)[0].replace("/", "--")
+    return Path(spec).resolve().parent
 
 
 def _config(folder):
