@@ -102,11 +102,16 @@ def load_network_map(cfg, scans, files):
             networks.plot_network_fc(fc, network_map, os.path.join(cfg.out, "network_fc.png"))
     else:
         network_map = networks.load_network_map(cfg.networks, n_rois=scans.n_rois)
-        if files.rank == 0:   # a map that does not fit the data (e.g. 17-network order): a warning, never an error
-            warning = networks.check_order(scans, network_map, remedies="pass the map of your atlas "
-                                           "(--networks FILE), or --networks auto:K", seed=cfg.seed)[1]
-            files.warn(warning and f"warning: {warning}")
     return networks.validate_network_map(network_map, n_rois=scans.n_rois)
+
+
+def check_map(cfg, scans, network_map, files):
+    """A given map that does not fit the data (e.g. Schaefer in 17-network order): a warning on rank 0,
+    never an error (some cohorts are weak). A map clustered from the data (auto:K) fits by construction."""
+    if files.rank == 0 and not cfg.networks.startswith("auto:"):
+        warning = networks.check_order(scans, network_map, remedies="pass the map of your atlas (--networks FILE), "
+                                       "or --networks auto:K", seed=cfg.seed)[1]
+        files.warn(warning and f"warning: {warning}")
 
 
 def absent_networks(scans, network_map, files):
@@ -181,6 +186,7 @@ def train(cfg: TrainConfig, given=()):
     network_map = load_network_map(cfg, scans, files)
     batches = training_batches(cfg, scans, enc_cfg, device, rank, world)
     spe = batches.steps_per_epoch(cfg.batch_size // world)
+    check_map(cfg, scans, network_map, files)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * spe   # >= 1: resolve_config checked both
 
     # ============ student, EMA teacher, optimizer ============
