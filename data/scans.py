@@ -168,11 +168,10 @@ def flat_rois(data, lengths, idx):
     progress = Progress(len(idx), "checking for constant ROIs", min_total=math.inf)
     for i in range(0, len(idx), step):
         j = idx[i:i + step]
-        x = np.asarray(data[j], dtype=np.float32)                          # (b, C, T)
-        valid = np.arange(T)[None, None, :] < lengths[j, None, None]
-        hi = np.where(valid, np.nan_to_num(x, nan=-np.inf), -np.inf).max(-1)   # (b, C)
-        lo = np.where(valid, np.nan_to_num(x, nan=np.inf), np.inf).min(-1)
-        flat[i:i + len(j)] = ~(hi > lo)
+        x = np.asarray(data[j])                                            # (b, C, T) stored dtype
+        padding = np.arange(T)[None, None, :] >= lengths[j, None, None]    # (b, 1, T)
+        # every valid point equal to the first; a NaN first point: an uncovered ROI (NaN throughout)
+        flat[i:i + len(j)] = ((x == x[:, :, :1]) | padding).all(-1) | np.isnan(x[:, :, 0])
         progress.update(i + len(j))
     return flat
 

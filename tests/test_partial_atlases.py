@@ -111,6 +111,10 @@ def test_errors(ckpt, tmp_path, capsys):
         masked_networks(m, np.arange(400, 450))
     assert masked_networks(m, np.arange(450, 457)) == [7]
     assert parse_atlases("buckner7, schaefer400") == ("schaefer400", "buckner7")
+    write_authors_h5(tmp_path / "c.h5", LENGTHS, {"schaefer400": 400})
+    with pytest.raises(ValueError, match=r"--atlases schaefer400,tian3: .*c.h5 holds schaefer400 \(an .h5 in the "
+                                         r"authors' layout says itself which atlases it has; leave --atlases out\)"):
+        load_scans(tmp_path / "c.h5", atlases="schaefer400,tian3")
 
 
 def test_train_init_from_masks_absent_networks_without_loss(ckpt, tmp_path, capsys):
