@@ -190,8 +190,8 @@ def train(cfg: TrainConfig, given=()):
     total = cfg.steps if cfg.steps is not None else cfg.epochs * spe   # >= 1: resolve_config checked both
 
     # ============ student, EMA teacher, optimizer ============
-    tr = Trainer(cfg, enc_cfg, network_map, batches, total, device, rank, world,
-                 absent_networks=absent_networks(scans, network_map, files))
+    absent = absent_networks(scans, network_map, files)
+    tr = Trainer(cfg, enc_cfg, network_map, batches, total, device, rank, world, absent_networks=absent)
     start = start_weights(tr, cfg, enc_cfg, network_map, state, files)
     files.write_config(cfg, enc_cfg, tr, network_map)
     if rank == 0:
@@ -202,7 +202,7 @@ def train(cfg: TrainConfig, given=()):
     crops, subjects = (separation_crops(scans, cfg.eval_scans, enc_cfg.crop_len) if (rank == 0 and cfg.eval_scans)
                        else (None, None))
     if crops is not None and "start" not in files.separation:
-        files.separation["start"] = subject_separation(tr.teacher.encoder, crops.to(device), subjects)
+        files.separation["start"] = subject_separation(tr.teacher.encoder, crops.to(device), subjects, absent)
         files.say(f"subject separation at step 0: {json.dumps(files.separation['start'])}")
 
     # ============ training loop ============
@@ -211,7 +211,7 @@ def train(cfg: TrainConfig, given=()):
 
     # ============ final evaluation ============
     if crops is not None:
-        files.separation["end"] = subject_separation(tr.teacher.encoder, crops.to(device), subjects)
+        files.separation["end"] = subject_separation(tr.teacher.encoder, crops.to(device), subjects, absent)
     files.save(total, window)
     if rank == 0:
         if "end" in files.separation:
