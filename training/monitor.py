@@ -40,8 +40,9 @@ def subject_separation(encoder, crops, subjects, masked_networks=None):
     was_training = encoder.training
     encoder.eval()
     S = crops.shape[0]
-    cls = torch.cat([encoder(c, encoder.network_mask(len(c), masked_networks, c.device))[0]
-                     for c in crops.flatten(0, 1).split(128)])                    # (2S, D)
+    run = (lambda c: encoder(c)[0]) if not masked_networks else (
+        lambda c: encoder(c, encoder.network_mask(len(c), masked_networks, c.device))[0])
+    cls = torch.cat([run(c) for c in crops.flatten(0, 1).split(128)])            # (2S, D)
     encoder.train(was_training)
     z = F.normalize(cls.float(), dim=-1).view(S, 2, -1)
     cos = (z[:, 0] @ z[:, 1].T).cpu().numpy()                                    # (S, S)
