@@ -3,6 +3,7 @@
     python embed.py --ckpt runs/demo/teacher.pt                           # the built-in synthetic probe cohort
     python embed.py --ckpt teacher.pt --data ukb.h5 --out ukb_emb.npy       # the authors' HDF5 layout
     python embed.py --ckpt teacher.pt --data ts/ --tr 0.8 --out emb.csv --per-crop
+    python embed.py --ckpt hf:SamGijsen/Brain-Semantoks --data cortex.h5 --bandpass 0.01 0.1 --out emb.npy
 
 Every scan gives 8 evenly spaced crops of T' time points (data/preprocess.probe_crops: z-scored, no
 augmentation); each crop goes through the frozen teacher's `features()`, concat[mean of the N·P
@@ -17,7 +18,7 @@ Outputs, for --out X.npy or --out X.csv (default: embeddings_<data name>.npy bes
   X.csv           only for --out X.csv: columns subject[, crop], f0..f{2D-1}; a row per scan (crop)
 
 Data options are probe.py's (--data .npy/folder/.h5, --layout, --tr, --subjects, --networks,
---crops, --batch-size, --device); both scripts take them from evaluation/options.py, never train.py.
+--atlases, --bandpass, --crop-len, --crops, --batch-size, --device); both scripts take them from evaluation/options.py, never train.py.
 Memory: the features of all crops are held once, S·n_crops·2D·4 bytes (2 GB for 40k scans at paper
 size).
 """

@@ -5,6 +5,8 @@
     python probe.py --ckpt teacher.pt --data scans.npy --labels labels.csv --task age --bins 3
     python probe.py --ckpt teacher.pt --data derivatives/xcpd/ --labels participants.tsv --task dx
     python probe.py --ckpt teacher.pt --data ukb.h5 --task sex_bi          # the authors' layout, its own labels
+    python probe.py --ckpt hf:SamGijsen/Brain-Semantoks --data cortex.npy --atlases schaefer400 \
+                    --bandpass 0.01 0.1 --labels labels.csv --task sex     # the release, cortex only, filtered
 
 A run is four steps, each in its own module:
 

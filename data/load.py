@@ -88,14 +88,7 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None, atlases=
         bandpass = check_band(*bandpass)
 
     scans = _read(path, layout, tr, n_rois if atlases is None else None, subjects)
-    if atlases is not None:
-        if scans.atlases is not None:   # an .h5 says itself which atlases it holds
-            if atlases != scans.atlases:
-                raise ValueError(f"--atlases {','.join(atlases)}: {path} holds {', '.join(scans.atlases)} (an .h5 in "
-                                 f"the authors' layout says itself which atlases it has; leave --atlases out)")
-        else:
-            check_present_rois(scans.n_rois, atlases, path)
-            scans.atlases = atlases
+    _set_atlases(scans, atlases, path)
     streamed = not isinstance(scans.data, np.ndarray)   # an .h5 read scan by scan: check a sample
     warning = check_constant(scans.data, scans.lengths, path, scans.files, CONSTANT_SAMPLE if streamed else None)
     if warning:
@@ -107,6 +100,19 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None, atlases=
         scans = fill_absent(scans, scans.atlases)
         check_n_rois(scans.n_rois, n_rois, path)
     return scans
+
+
+def _set_atlases(scans, atlases, path):
+    """--atlases for an array or folder (its ROI count checked); an .h5 says itself which it holds."""
+    if atlases is None:
+        return
+    if scans.atlases is not None:
+        if atlases != scans.atlases:
+            raise ValueError(f"--atlases {','.join(atlases)}: {path} holds {', '.join(scans.atlases)} (an .h5 in "
+                             f"the authors' layout says itself which atlases it has; leave --atlases out)")
+    else:
+        check_present_rois(scans.n_rois, atlases, path)
+        scans.atlases = atlases
 
 
 def _read(path, layout, tr, n_rois, subjects):
