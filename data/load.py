@@ -169,7 +169,8 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) > 1:
         sc = load_scans(sys.argv[1], tr=float(sys.argv[2]) if len(sys.argv) > 2 else None)
-        print(f"{sc.source}: {len(sc)} scans, {sc.n_subjects} subjects, {sc.n_rois} ROIs, valid lengths "
+        absent = "" if sc.absent_rois is None else f" ({len(sc.absent_rois)} of them absent atlases', read as zeros)"
+        print(f"{sc.source}: {len(sc)} scans, {sc.n_subjects} subjects, {sc.n_rois} ROIs{absent}, valid lengths "
               f"{sc.lengths.min()}-{sc.lengths.max()} (median {int(np.median(sc.lengths))}) at TR 2.0 s")
     else:
         print("usage: python -m data.load path/to/data [tr]   (the built-in synthetic cohort: python -m data.synthetic)")

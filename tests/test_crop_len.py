@@ -41,8 +41,9 @@ def test_crop_len_40_embed_and_probe(ckpt, tmp_path, capsys):  # noqa: F811
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected, rtol=1e-5, atol=1e-5)
     rep = probe.main(["--ckpt", str(ckpt), "--data", str(path), "--labels", str(tmp_path / "labels.csv"),
                       "--task", "y", "--crop-len", "40", "--repeats", "2", "--split", "1:1:1", "--no-cache",
-                      "--out", str(tmp_path / "p.json")])
+                      "--out", str(tmp_path / "p.json"), "--bandpass", "0.01", "0.1"])
     assert rep["config"]["crop_len"] == 40 and "teacher" in rep["methods"]
+    assert rep["config"]["bandpass"] == [0.01, 0.1]                                # the filter, in the report
 
 
 def test_crop_len_errors(ckpt, tmp_path, capsys):  # noqa: F811
