@@ -146,3 +146,16 @@ def test_absent_networks_take_no_loss():
     for k in ("loss", "cls", "ttr", "tok"):
         assert torch.equal(a[k], b[k]), k
     assert a["tok"] != 0
+
+
+def test_authors_checkpoint_without_mask_embedding_is_flagged(tmp_path):
+    from pathlib import Path
+    obj = torch.load(Path(__file__).parent / "fixtures" / "authors" / "checkpoint_epoch_1.pth", weights_only=True)
+    assert load_teacher_meta(obj, tmp_path / "with.pth")["mask_embedding"]
+    obj["model_state_dict"] = {k: v for k, v in obj["model_state_dict"].items() if "mask_embedding" not in k}
+    assert not load_teacher_meta(obj, tmp_path / "without.pth")["mask_embedding"]
+
+
+def load_teacher_meta(obj, path):
+    torch.save(obj, path)
+    return load_teacher(path)[1]
