@@ -106,7 +106,7 @@ def print_results(task, results, paired, cohort, n_repeats):
 
 def run_config(args, setup):
     """The settings every report records (JSON)."""
-    return {"ckpt": str(setup.ckpt.resolve()), "ckpt_step": setup.meta.get("step"),
+    return {"ckpt": str(setup.ckpt.resolve()), "ckpt_given": args.ckpt, "ckpt_step": setup.meta.get("step"),
             "data": str(setup.data_path.resolve()), "labels": str((setup.labels_path or setup.data_path).resolve()),
             "layout": args.layout, "tr": args.tr, "task_type": args.task_type, "bins": args.bins,
             "split": list(setup.ratios), "seeds": setup.seeds, "crops": args.crops,
