@@ -52,6 +52,7 @@ from evaluation.linear_probe import PRIMARY, paired_differences, run_probe
 from evaluation.setup import ALL, add_task_arguments, cohort, load_all_tasks, load_task, prepare
 from machine.cli import cli
 from machine.fileio import check_writable
+from training import release
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,8 +102,7 @@ def probe_methods(feats, task, setup, max_iter, verbose=True):
 def run(args):
     """One task -> its report (table on stdout, probe_<task>.json and .png); --task all: run_all."""
     check_probe_options(args)
-    if args.out:   # the default, beside the checkpoint, is checked once the checkpoint is found
-        check_writable(args.out)
+    check_writable(args.out or release.output_home(args.ckpt) / "probe_all.json")   # before any work
     setup = prepare(args)                                                     # load
     if args.task == ALL:
         return run_all(args, setup)
