@@ -7,7 +7,7 @@ LayerScale -> final LayerNorm. Returns CLS (B, D) and tokens (B, N*P, D).
 
     python -m pytest -q tests/test_encoder.py      # presets, parameter counts, token layout
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -149,6 +149,19 @@ class Encoder(nn.Module):
             z = checkpoint(blk, z, use_reentrant=False) if recompute else blk(z)
         z = self.norm(z)
         return z[:, 0], z[:, 1:]
+
+    def set_crop_len(self, crop_len):
+        """Read crops of `crop_len` time points (a multiple of L): P = crop_len / L patches, the fixed
+        sin-cos temporal embedding rebuilt for P (the paper's task-fMRI use of shorter inputs). A
+        model pretrained on 100-point crops is then used out of its training length."""
+        L = self.config.patch_len
+        if crop_len < L or crop_len % L:
+            raise ValueError(f"--crop-len {crop_len}: must be a positive multiple of the patch length {L} "
+                             f"(e.g. {L}, {2 * L}, ...)")
+        self.config = replace(self.config, crop_len=int(crop_len))
+        self.n_patches = crop_len // L
+        self.time_embed = sincos_embedding(self.n_patches, self.config.dim).to(self.time_embed.device)
+        return self
 
     def network_mask(self, batch, masked_networks, device=None):
         """The token mask (B, N, P) that hides whole networks in every patch: True for the networks in

@@ -5,6 +5,8 @@
     python probe.py --ckpt teacher.pt --data scans.npy --labels labels.csv --task age --bins 3
     python probe.py --ckpt teacher.pt --data derivatives/xcpd/ --labels participants.tsv --task dx
     python probe.py --ckpt teacher.pt --data ukb.h5 --task sex_bi          # the authors' layout, its own labels
+    python probe.py --ckpt hf:SamGijsen/Brain-Semantoks --data cortex.npy --atlases schaefer400 \
+                    --bandpass 0.01 0.1 --labels labels.csv --task sex     # the release, cortex only, filtered
 
 A run is four steps, each in its own module:
 
@@ -49,6 +51,8 @@ from evaluation import features, options, report
 from evaluation.linear_probe import PRIMARY, paired_differences, run_probe
 from evaluation.setup import ALL, add_task_arguments, cohort, load_all_tasks, load_task, prepare
 from machine.cli import cli
+from machine.fileio import check_writable
+from training import release
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,7 +60,8 @@ from machine.cli import cli
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Linear-probe a pretrained Brain-Semantoks teacher (SPEC §9).")
-    p.add_argument("--ckpt", required=True, help="teacher.pt written by train.py (or the authors' checkpoint)")
+    p.add_argument("--ckpt", required=True, help="teacher.pt written by train.py, the authors' checkpoint, or the "
+                                                 "release by name: hf:SamGijsen/Brain-Semantoks[/FILE][@REVISION]")
     p.add_argument("--task", required=True, help="column of the labels file to predict, or 'all': every column "
                                                  "in one table (probe_all.json, probe_all.png)")
     options.add_data_arguments(p)
@@ -97,6 +102,7 @@ def probe_methods(feats, task, setup, max_iter, verbose=True):
 def run(args):
     """One task -> its report (table on stdout, probe_<task>.json and .png); --task all: run_all."""
     check_probe_options(args)
+    check_writable(args.out or release.output_home(args.ckpt) / "probe_all.json")   # before any work
     setup = prepare(args)                                                     # load
     if args.task == ALL:
         return run_all(args, setup)
@@ -145,7 +151,7 @@ def run_all(args, setup):
 
 def _out_path(args, setup, default_name):
     """--out, else `default_name` beside the checkpoint."""
-    return Path(args.out) if args.out else setup.ckpt.resolve().parent / default_name
+    return Path(args.out) if args.out else setup.home / default_name
 
 
 def main(argv=None):

@@ -36,10 +36,11 @@ from dataclasses import asdict
 import torch.distributed as dist
 
 import kernels
-from data import networks, synthetic
+from data import atlases, networks, synthetic
 from data.connectivity import group_fc
 from data.load import load_scans
 from machine import runtime
+from machine.fileio import check_writable
 from training import checkpoint
 from training.batches import TrainBatches
 from training.config import KEEP_ON_RESUME, TrainConfig, build_parser, encoder_config, resolve_config
@@ -84,7 +85,7 @@ def load_data(cfg, files):
         path = os.path.join(synthetic.ensure_synthetic_cohort(), "pretrain.npy")
         files.say(f"no --data given: training on the built-in SYNTHETIC cohort {path} "
                   "(random stand-in data for trying the pipeline, not real fMRI)")
-    return load_scans(path, layout=cfg.layout, tr=cfg.tr)
+    return load_scans(path, layout=cfg.layout, tr=cfg.tr, atlases=cfg.atlases, bandpass=cfg.bandpass)
 
 
 def load_network_map(cfg, scans, files):
@@ -102,6 +103,25 @@ def load_network_map(cfg, scans, files):
     else:
         network_map = networks.load_network_map(cfg.networks, n_rois=scans.n_rois)
     return networks.validate_network_map(network_map, n_rois=scans.n_rois)
+
+
+def check_map(cfg, scans, network_map, files):
+    """A given map that does not fit the data (e.g. Schaefer in 17-network order): a warning on rank 0,
+    never an error (some cohorts are weak). A map clustered from the data (auto:K) fits by construction."""
+    if files.rank == 0 and not cfg.networks.startswith("auto:"):
+        warning = networks.check_order(scans, network_map, remedies="pass the map of your atlas (--networks FILE), "
+                                       "or --networks auto:K", seed=cfg.seed)[1]
+        files.warn(warning and f"warning: {warning}")
+
+
+def absent_networks(scans, network_map, files):
+    """The networks of atlases the data lack (masked, no loss), said on rank 0; None when all are there."""
+    names = networks.network_names(network_map)
+    masked = atlases.masked_networks(network_map, scans.absent_rois, names)
+    if masked:
+        files.say(f"atlases {', '.join(scans.atlases)}: masked networks (absent atlases; the mask embedding in "
+                  f"every patch, no loss): {', '.join(names[n] for n in masked)}")
+    return masked
 
 
 def training_batches(cfg, scans, enc_cfg, device, rank, world):
@@ -154,6 +174,8 @@ def train(cfg: TrainConfig, given=()):
     runtime.tune_cpu(device)  # flush denormals; on a CPU run keep freed memory (runtime.py says why)
     kernels.check_mode("pytorch" if cfg.no_kernels else cfg.kernels, device)
     files = RunFiles(cfg.out, rank)
+    if rank == 0:
+        check_writable(cfg.out, folder=True)   # before any work
 
     # ============ output folder: a new run, or the saved one to resume ============
     cfg, state = open_output(cfg, given, files)
@@ -164,10 +186,12 @@ def train(cfg: TrainConfig, given=()):
     network_map = load_network_map(cfg, scans, files)
     batches = training_batches(cfg, scans, enc_cfg, device, rank, world)
     spe = batches.steps_per_epoch(cfg.batch_size // world)
+    check_map(cfg, scans, network_map, files)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * spe   # >= 1: resolve_config checked both
 
     # ============ student, EMA teacher, optimizer ============
-    tr = Trainer(cfg, enc_cfg, network_map, batches, total, device, rank, world)
+    absent = absent_networks(scans, network_map, files)
+    tr = Trainer(cfg, enc_cfg, network_map, batches, total, device, rank, world, absent_networks=absent)
     start = start_weights(tr, cfg, enc_cfg, network_map, state, files)
     files.write_config(cfg, enc_cfg, tr, network_map)
     if rank == 0:
@@ -178,7 +202,7 @@ def train(cfg: TrainConfig, given=()):
     crops, subjects = (separation_crops(scans, cfg.eval_scans, enc_cfg.crop_len) if (rank == 0 and cfg.eval_scans)
                        else (None, None))
     if crops is not None and "start" not in files.separation:
-        files.separation["start"] = subject_separation(tr.teacher.encoder, crops.to(device), subjects)
+        files.separation["start"] = subject_separation(tr.teacher.encoder, crops.to(device), subjects, absent)
         files.say(f"subject separation at step 0: {json.dumps(files.separation['start'])}")
 
     # ============ training loop ============
@@ -187,7 +211,7 @@ def train(cfg: TrainConfig, given=()):
 
     # ============ final evaluation ============
     if crops is not None:
-        files.separation["end"] = subject_separation(tr.teacher.encoder, crops.to(device), subjects)
+        files.separation["end"] = subject_separation(tr.teacher.encoder, crops.to(device), subjects, absent)
     files.save(total, window)
     if rank == 0:
         if "end" in files.separation:

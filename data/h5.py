@@ -28,11 +28,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from data.atlases import ALL as ATLASES, ATLASES as ATLAS_ROIS
 from data.scans import Scans, check_lengths, resample_array, roi0_lengths
 from machine.fileio import file_key
 from machine.progress import Progress
 
-ATLASES = ("schaefer400", "tian3", "buckner7")   # concatenation order (SPEC §2)
 NOT_LABELS = ("timeseries", "long_subject_id", "ts_len")
 
 
@@ -79,27 +79,33 @@ def _open(path):
 
 
 def _atlases(f, path):
-    """The three atlas datasets, checked: present, (S, C, T) floats, one S and T for all."""
+    """The atlases the file holds -> (names, datasets), checked: at least one, (S, C, T) floats, one S
+    and T for all; when one or two are absent, the others must have their full ROI counts (their ROIs
+    are placed by position among the 457; atlases.fill_absent)."""
     group = f.get("timeseries")
     found = sorted(group) if isinstance(group, h5py.Group) else []
-    missing = [a for a in ATLASES if not isinstance(f.get(f"timeseries/{a}"), h5py.Dataset)]
-    if missing:
-        raise ValueError(f"{path}: missing {', '.join('timeseries/' + a for a in missing)}; the authors' layout "
-                         f"holds timeseries/schaefer400, timeseries/tian3 and timeseries/buckner7, each (scans, ROIs, "
-                         f"time) (found in timeseries/: {', '.join(found) if found else 'nothing'})")
-    sets = [f[f"timeseries/{a}"] for a in ATLASES]
-    for a, d in zip(ATLASES, sets):
+    names = [a for a in ATLASES if isinstance(f.get(f"timeseries/{a}"), h5py.Dataset)]
+    if not names:
+        raise ValueError(f"{path}: holds none of {', '.join('timeseries/' + a for a in ATLASES)}; the authors' layout "
+                         f"holds these (or some of them), each (scans, ROIs, time) "
+                         f"(found in timeseries/: {', '.join(found) if found else 'nothing'})")
+    sets = [f[f"timeseries/{a}"] for a in names]
+    for a, d in zip(names, sets):
         if d.ndim != 3 or not np.issubdtype(d.dtype, np.floating):
             raise ValueError(f"{path}: timeseries/{a} must be a 3-D float array (scans, ROIs, time); "
                              f"got shape {d.shape}, dtype {d.dtype}")
         if (d.shape[0], d.shape[2]) != (sets[0].shape[0], sets[0].shape[2]):
-            raise ValueError(f"{path}: timeseries/{a} has shape {d.shape} but timeseries/{ATLASES[0]} has "
+            raise ValueError(f"{path}: timeseries/{a} has shape {d.shape} but timeseries/{names[0]} has "
                              f"{sets[0].shape}; all atlases need the same scans and time points")
+        if len(names) < len(ATLASES) and d.shape[1] != ATLAS_ROIS[a]:
+            raise ValueError(f"{path}: timeseries/{a} has {d.shape[1]} ROIs, but with "
+                             f"{', '.join(x for x in ATLASES if x not in names)} absent each atlas present needs its "
+                             f"full {ATLAS_ROIS[a]} ROIs (the absent ones are masked by position)")
     S, _, T = sets[0].shape
     if S == 0 or T == 0:
-        raise ValueError(f"{path}: timeseries/{ATLASES[0]} has shape {sets[0].shape}: no "
+        raise ValueError(f"{path}: timeseries/{names[0]} has shape {sets[0].shape}: no "
                          f"{'scans' if S == 0 else 'time points'}")
-    return sets
+    return names, sets
 
 
 def _lengths(first_atlas, ts_len):
@@ -183,14 +189,14 @@ def load_h5(path, tr=None, n_rois=None, need_ids=True) -> Scans:
     path = Path(path)
     f = _open(path)
     try:
-        sets = _atlases(f, path)
+        names, sets = _atlases(f, path)
         x = H5Array(f, sets)
         S, C, _ = x.shape
-        if n_rois is not None and C != int(n_rois):
-            parts = " + ".join(f"{a} {d.shape[1]}" for a, d in zip(ATLASES, sets))
-            raise ValueError(f"{path}: the atlases give {C} ROIs ({parts}) but the network map has {int(n_rois)} "
-                             f"entries; the map needs one network id per ROI of {', '.join(ATLASES)}, in this "
-                             f"order (the default map is the authors' 400 + 50 + 7 = 457)")
+        C_model = C if len(names) == len(ATLASES) else sum(ATLAS_ROIS.values())   # absent atlases: filled in
+        if n_rois is not None and C_model != int(n_rois):
+            raise ValueError(f"{path}: the atlases give {C} ROIs ({describe_sets(names, sets)}) but the network map "
+                             f"has {int(n_rois)} entries; the map needs one network id per ROI of "
+                             f"{', '.join(ATLASES)}, in this order (the default map is the authors' 400 + 50 + 7 = 457)")
         subjects = _subject_ids(f, S, path, need_ids)
         lengths = _lengths(sets[0], _ts_len(f, S, path))
         check_lengths(lengths, None)
@@ -202,7 +208,12 @@ def load_h5(path, tr=None, n_rois=None, need_ids=True) -> Scans:
         f.close()
         raise
     return Scans(data=x, lengths=lengths, subjects=subjects, source=str(path.resolve()),
-                 key=file_key([path], "h5", tr))
+                 key=file_key([path], "h5", tr), atlases=tuple(names))
+
+
+def describe_sets(names, sets):
+    """'schaefer400 400 + tian3 50' from the datasets themselves (their ROI counts as stored)."""
+    return " + ".join(f"{a} {d.shape[1]}" for a, d in zip(names, sets))
 
 
 def label_names(path, n_scans) -> list:
@@ -238,6 +249,6 @@ def read_label(path, name, n_scans) -> list:
 if __name__ == "__main__":
     sc = load_h5(sys.argv[1])
     print(f"{sc.source}: {len(sc)} scans, {sc.n_subjects} subjects, {sc.n_rois} ROIs "
-          f"({' + '.join(f'{a} {d.shape[1]}' for a, d in zip(ATLASES, sc.data.datasets))}), "
+          f"({describe_sets(sc.atlases, sc.data.datasets)}), "
           f"{sc.data.dtype}, valid lengths {sc.lengths.min()}-{sc.lengths.max()}")
     print(f"labels: {', '.join(label_names(sys.argv[1], len(sc))) or 'none'}")

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from data.atlases import check_present_rois, fill_absent, parse_atlases
+from data.bandpass import bandpass_array, check_band
 from data.files import load_array, load_folder
-from data.scans import TR, Scans
+from data.scans import TR, Scans, check_constant, check_n_rois
 
 log = logging.getLogger("brain_semantoks.data")
 
 H5_SUFFIXES = (".h5", ".hdf5")          # the authors' datasets (h5.py)
+CONSTANT_SAMPLE = 512                   # scans of a streamed .h5 checked for constant ROIs (not read whole)
 
 
 def check_no_data_options(given, cohort):
@@ -37,7 +40,7 @@ def check_no_data_options(given, cohort):
             raise ValueError(f"{flag} describes --data; {cohort} {why}")
 
 
-def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans:
+def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None, atlases=None, bandpass=None) -> Scans:
     """Load a dataset of parcellated scans.
 
     path:     an `.npy` file holding (S, C, T) (or (S, T, C) with layout="STC"), float16/float32,
@@ -60,6 +63,14 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
               file stem); for `X.npy`, the lines of `X_subjects.txt` beside it when present,
               else every scan is its own subject; for an `.h5`, its long_subject_id dataset.
 
+    atlases:  for an array or folder holding only some of the release's atlases, their names
+              ("schaefer400,tian3"): the absent ones' ROIs are filled in with zeros and recorded in
+              `scans.absent_rois` (their networks are then masked; atlases.py). An .h5 says itself.
+    bandpass: (low, high) Hz: each scan's valid length band-passed after resampling (bandpass.py),
+              into RAM.
+
+    Constant data are caught here: a scan constant in every ROI, or an ROI constant in every scan, is
+    an error; a scan with a few constant ROIs a warning (scans.check_constant).
     Folder files with header rows must all list the same ROI names in the same order.
     ROIs that are NaN over a scan's whole valid length (no coverage; XCP-D writes n/a) are kept
     and treated as flat (they z-score to 0, like a dropped ROI); any other NaN/inf is an error.
@@ -72,7 +83,40 @@ def load_scans(path, layout="SCT", tr=None, n_rois=None, subjects=None) -> Scans
     if tr is not None and not (float(tr) > 0 and math.isfinite(float(tr))):
         raise ValueError(f"tr must be a positive number of seconds; got {tr!r}")
     tr = None if tr is None or float(tr) == TR else float(tr)
+    atlases = parse_atlases(atlases)
+    if bandpass is not None:
+        bandpass = check_band(*bandpass)
 
+    scans = _read(path, layout, tr, n_rois if atlases is None else None, subjects)
+    _set_atlases(scans, atlases, path)
+    streamed = not isinstance(scans.data, np.ndarray)   # an .h5 read scan by scan: check a sample
+    warning = check_constant(scans.data, scans.lengths, path, scans.files, CONSTANT_SAMPLE if streamed else None)
+    if warning:
+        log.warning("%s", warning)
+    if bandpass is not None:
+        scans.data, scans.bandpass = bandpass_array(scans.data, scans.lengths, *bandpass, scans.files), bandpass
+        scans.key = f"{scans.key}|bandpass={bandpass}"
+    if scans.atlases is not None:
+        scans = fill_absent(scans, scans.atlases)
+        check_n_rois(scans.n_rois, n_rois, path)
+    return scans
+
+
+def _set_atlases(scans, atlases, path):
+    """--atlases for an array or folder (its ROI count checked); an .h5 says itself which it holds."""
+    if atlases is None:
+        return
+    if scans.atlases is not None:
+        if atlases != scans.atlases:
+            raise ValueError(f"--atlases {','.join(atlases)}: {path} holds {', '.join(scans.atlases)} (an .h5 in "
+                             f"the authors' layout says itself which atlases it has; leave --atlases out)")
+    else:
+        check_present_rois(scans.n_rois, atlases, path)
+        scans.atlases = atlases
+
+
+def _read(path, layout, tr, n_rois, subjects):
+    """The reader for `path` (a folder, an .h5, an .npy) -> Scans with their subject ids."""
     if path.is_dir():
         scans = load_folder(path, tr, n_rois)
     elif is_h5(path):
@@ -125,7 +169,8 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) > 1:
         sc = load_scans(sys.argv[1], tr=float(sys.argv[2]) if len(sys.argv) > 2 else None)
-        print(f"{sc.source}: {len(sc)} scans, {sc.n_subjects} subjects, {sc.n_rois} ROIs, valid lengths "
+        absent = "" if sc.absent_rois is None else f" ({len(sc.absent_rois)} of them absent atlases', read as zeros)"
+        print(f"{sc.source}: {len(sc)} scans, {sc.n_subjects} subjects, {sc.n_rois} ROIs{absent}, valid lengths "
               f"{sc.lengths.min()}-{sc.lengths.max()} (median {int(np.median(sc.lengths))}) at TR 2.0 s")
     else:
         print("usage: python -m data.load path/to/data [tr]   (the built-in synthetic cohort: python -m data.synthetic)")

@@ -8,6 +8,7 @@ maps (any atlas, any N), deriving a map from group-mean FC (spectral clustering,
 
     python -c "from data.networks import default_network_map; print(default_network_map().shape)"
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,113 @@ def plot_network_fc(fc, m, path, names=None) -> None:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="Pearson r")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+# ----------------------------------------------------------------------------- does the map fit the data
+
+ORDER_CHECK_SCANS = 200     # scans averaged into the group FC of the check (a group mean: plenty)
+ORDER_CHECK_SHUFFLES = 200  # random maps (the map's labels permuted over the ROIs) the map is compared with
+
+
+def _separation(z, labels, n):
+    """Within- minus between-network mean Fisher-z per network, for K label vectors at once:
+    z (C, C) with a zero diagonal, labels (K, C) ints in 0..n-1 -> (K, n), NaN for one-ROI networks."""
+    U = np.eye(n)[labels]                                                   # (K, C, n) one-hot
+    zu = z @ U                                                              # (K, C, n)
+    within = np.einsum("kcn,kcn->kn", U, zu)                                # (K, n) sums over ordered pairs
+    total = zu.sum(1)                                                       # (K, n) each network to all ROIs
+    c = U.sum(1)                                                            # (K, n) ROIs per network
+    C = labels.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return within / (c * (c - 1)) - (total - within) / (c * (C - c))
+
+
+def map_fit(fc, m, keep=None, shuffles=ORDER_CHECK_SHUFFLES, seed=0):
+    """How well the map m explains a group FC (C, C): per network, the mean Fisher-z within it minus
+    its mean to every other ROI, against the same for `shuffles` random maps of the same network sizes
+    (m's labels permuted over the ROIs). keep: the ROIs to judge (default all; absent atlases' ROIs
+    are left out). -> {"separation": (N,), "null_95": (N,), "better": (N,) bool, "mean": float,
+    "null_mean": float, "null_std": float}."""
+    from data.connectivity import fisher_z
+    m = np.asarray(m)
+    keep = np.arange(len(m)) if keep is None else np.asarray(keep)
+    z = fisher_z(np.asarray(fc, dtype=np.float64)[np.ix_(keep, keep)])
+    np.fill_diagonal(z, 0.0)
+    n, labels = int(m.max()) + 1, m[keep]
+    rng = np.random.default_rng(seed)
+    null = np.concatenate([_separation(z, np.stack([rng.permutation(labels) for _ in range(50)]), n)
+                           for _ in range(max(1, shuffles // 50))])         # (K, n)
+    sep = _separation(z, labels[None], n)[0]                                # (n,)
+    with warnings.catch_warnings():   # one-ROI (or absent) networks are NaN throughout: not judged
+        warnings.simplefilter("ignore", RuntimeWarning)
+        null_mean, null_95 = np.nanmean(null, 1), np.nanpercentile(null, 95, axis=0)   # (K,), (n,)
+        return {"separation": sep, "null_95": null_95, "mean": float(np.nanmean(sep)),
+                "null_mean": float(null_mean.mean()), "null_std": float(null_mean.std()), "better": sep > null_95}
+
+
+def describe_fit(fit, names):
+    """The check's figure in words: one line overall, one per network."""
+    lines = [f"within- minus between-network mean Fisher-z: {fit['mean']:.3f} (random maps of the same network "
+             f"sizes: {fit['null_mean']:.3f} ± {fit['null_std']:.3f})"]
+    for i, name in enumerate(names):
+        if np.isfinite(fit["separation"][i]):
+            lines.append(f"  {name:<14} {fit['separation'][i]:+.3f}  (random maps' 95th percentile "
+                         f"{fit['null_95'][i]:+.3f}){'' if fit['better'][i] else '  no better than random'}")
+    return "\n".join(lines)
+
+
+def order_warning(fit, names, remedies="pass the map of your atlas (--networks FILE)"):
+    """A warning in words when networks of the map are no better than random maps on the data, or None."""
+    judged = np.isfinite(fit["separation"])
+    bad = [names[i] for i in np.flatnonzero(judged & ~fit["better"])]
+    if not bad:
+        return None
+    return (f"the ROI -> network map does not fit these data for {len(bad)} of {int(judged.sum())} networks "
+            f"({', '.join(bad)}): their ROIs are no more connected to each other than the ROIs of a random map. "
+            f"If your Schaefer-400 series are in the 17-network order, reorder them to the 7-network order the "
+            f"release expects (the same 400 ROIs, another order); another atlas, or ROIs in another order, show the "
+            f"same way. Remedies: reorder the ROIs, {remedies}. A weak or very small cohort can also cause this: "
+            f"`python -m data.networks check --data X` prints the figure")
+
+
+def check_order(scans, m, names=None, remedies=None, seed=0):
+    """The map's fit on `scans` (a seeded subsample's group FC, absent atlases' ROIs left out) ->
+    (fit, warning or None). Never an error: some cohorts are weak."""
+    from data.connectivity import group_fc
+    names = network_names(m) if names is None else names
+    keep = np.arange(len(m))
+    if getattr(scans, "absent_rois", None) is not None:
+        keep = np.setdiff1d(keep, scans.absent_rois)
+    fit = map_fit(group_fc(scans, max_scans=ORDER_CHECK_SCANS, seed=seed), m, keep, seed=seed)
+    return fit, order_warning(fit, names, *([remedies] if remedies else []))
+
+
+def main(argv=None):
+    import argparse
+
+    from data.load import load_scans
+    from machine.cli import cli
+    p = argparse.ArgumentParser(description="check: how well a ROI -> network map explains your data's group FC "
+                                            "(within- minus between-network Fisher-z against random maps)")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="print the map's fit on the data")
+    c.add_argument("--data", required=True, help="scans: .npy, folder, or .h5 (as --data of the commands)")
+    c.add_argument("--networks", default="default", help="the map: default (457 ROIs) or a file (default %(default)s)")
+    c.add_argument("--tr", type=float, help="repetition time of the data in s (resampled to 2.0 s)")
+    c.add_argument("--atlases", help="the atlases an array or folder holds, e.g. schaefer400,tian3")
+
+    def run(args):
+        scans = load_scans(args.data, tr=args.tr, atlases=args.atlases)
+        m = load_network_map(args.networks, n_rois=scans.n_rois)
+        fit, warning = check_order(scans, m)
+        print(f"{args.data}: {len(scans)} scans, map {args.networks} ({int(m.max()) + 1} networks), group FC of "
+              f"{min(len(scans), ORDER_CHECK_SCANS)} scans, {ORDER_CHECK_SHUFFLES} random maps")
+        print(describe_fit(fit, network_names(m)))
+        print(f"warning: {warning}" if warning else "the map fits the data better than random maps for every network")
+        return fit
+
+    return cli(run, p.parse_args(argv), "data.networks")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,9 @@ in its first ROI). `Scans` holds it with its valid lengths and subject ids. The 
 - `check_scans(data, names)`: valid lengths, and a ValueError naming the scan for every malformed
   one (NaN inside a scan, inf, all-NaN, too short); `roi0_lengths` is its length rule alone;
 - `check_n_rois`, `check_float`, `check_lengths`: the cheap checks before and after a pass;
-- `resample(x, tr)`, `resample_array(data, lengths, tr)`: band-limited resampling to TR 2.0 s.
+- `resample(x, tr)`, `resample_array(data, lengths, tr)`: band-limited resampling to TR 2.0 s;
+- `check_constant(data, lengths, where)`: flat data (all-constant scans, ROIs flat in every scan) are
+  an error, a scan with a few flat ROIs a warning.
 
     python -m data.load path/to/data [tr]   # load a dataset and print what was found
 """
@@ -40,6 +42,8 @@ class Scans:
     roi_names: ROI names from a header row, when the files had one.
     ids_from_data: the ids came with the data (file names, X_subjects.txt, an .h5, `subjects`), not
                made up per scan: only then are labels matched to scans by subject (labels.py).
+    atlases, absent_rois: which atlases the data hold and which of the 457 ROIs were filled in for
+               the absent ones (data/atlases.py); bandpass: the filter applied on loading.
     """
     data: np.ndarray
     lengths: np.ndarray
@@ -50,6 +54,9 @@ class Scans:
     roi_names: list = None
     zeroed_rois: int = 0   # (scan, ROI) pairs that were all-NaN and are treated as flat (zeros)
     ids_from_data: bool = False
+    atlases: tuple = None      # the atlases the data hold (data/atlases.py), when known
+    absent_rois: np.ndarray = None   # ROIs of absent atlases, filled with zeros (their networks are masked)
+    bandpass: tuple = None     # (low, high) Hz when filtered on loading (data/bandpass.py)
 
     @property
     def n_rois(self) -> int:
@@ -150,6 +157,49 @@ def check_lengths(lengths, names, resampled=False):
 def scan_name(i, names):
     """How messages refer to a scan: its index in an array, or its file (checked one at a time)."""
     return names[0] if names else f"scan {i}"
+
+
+def flat_rois(data, lengths, idx):
+    """(len(idx), C) bool: ROIs without variation over the valid length of scans idx (constant, or all
+    NaN). One chunked pass over those scans (~64 MB at a time)."""
+    _, C, T = data.shape
+    flat = np.empty((len(idx), C), dtype=bool)
+    step = max(1, (64 << 20) // max(1, C * T * 4))
+    progress = Progress(len(idx), "checking for constant ROIs", min_total=math.inf)
+    for i in range(0, len(idx), step):
+        j = idx[i:i + step]
+        x = np.asarray(data[j])                                            # (b, C, T) stored dtype
+        padding = np.arange(T)[None, None, :] >= lengths[j, None, None]    # (b, 1, T)
+        # every valid point equal to the first; a NaN first point: an uncovered ROI (NaN throughout)
+        flat[i:i + len(j)] = ((x == x[:, :, :1]) | padding).all(-1) | np.isnan(x[:, :, 0])
+        progress.update(i + len(j))
+    return flat
+
+
+def check_constant(data, lengths, where, names=None, max_scans=None):
+    """Scans constant in every ROI, or ROIs constant in every scan: a ValueError saying how many and
+    where (nothing a model could learn from; often a failed extraction). Returns a warning (str) for
+    scans with a few constant ROIs, else None. max_scans: check that many evenly spaced scans only
+    (a streamed .h5, which is otherwise never read whole)."""
+    S = len(lengths)
+    idx = np.arange(S) if max_scans is None or S <= max_scans else np.unique(np.linspace(0, S - 1, max_scans).astype(int))
+    flat = flat_rois(data, lengths, idx)                                   # (n, C)
+    of = f"{len(idx)} scans checked" if len(idx) < S else f"{S} scans"
+    name = lambda j: scan_name(idx[j], [names[idx[j]]] if names else None)  # noqa: E731
+    dead = np.flatnonzero(flat.all(1))
+    if len(dead):
+        raise ValueError(f"{where}: {len(dead)} of {of} are constant in every ROI ({', '.join(map(name, dead[:5]))}"
+                         f"{', ...' if len(dead) > 5 else ''}); remove them or redo their extraction")
+    dead = np.flatnonzero(flat.all(0))
+    if len(dead) and len(flat) > 1:
+        raise ValueError(f"{where}: {len(dead)} of {flat.shape[1]} ROIs are constant (or NaN) in every one of {of} "
+                         f"(ROI {', '.join(map(str, dead[:10]))}{', ...' if len(dead) > 10 else ''}): the atlas or "
+                         f"the extraction is wrong for them")
+    some = np.flatnonzero(flat.any(1))
+    if len(some):
+        return (f"{where}: {len(some)} of {of} have constant or uncovered ROIs (up to {int(flat.sum(1).max())} of "
+                f"{flat.shape[1]}, e.g. {name(some[0])}); they read as zeros after z-scoring")
+    return None
 
 
 def resample(x, tr):

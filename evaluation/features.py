@@ -93,10 +93,11 @@ def method_features(args, setup):
     """Per-scan features of the teacher and the baselines of a probe run (evaluation.setup.Setup) ->
     {method: (S, K, F)}; encoder features come from (and go to) the on-disk cache."""
     cache_dir = (None if args.no_cache else Path(args.cache_dir) if args.cache_dir
-                 else setup.ckpt.resolve().parent / ".feature_cache")
+                 else (setup.home or setup.ckpt.resolve().parent) / ".feature_cache")
     device, precision, scans = setup.device, setup.precision, setup.scans
     print(f"  features: {'bf16 autocast' if precision == 'bf16' else 'fp32'} on {device} ({setup.precision_reason})")
-    common = dict(data=scans.key, crops=args.crops,
+    masked = setup.data.masked_networks if setup.data is not None else None
+    common = dict(data=scans.key, crops=args.crops, masked=masked,
                   crop_len=setup.encoder.config.crop_len, precision=precision, version=1)
 
     def cache_path(**model):
@@ -105,7 +106,7 @@ def method_features(args, setup):
 
     def extract(make_encoder, label):   # the encoder is built only on a cache miss
         return lambda: encoder_features(make_encoder(), scans, args.crops, crops_per_batch(args, device), device,
-                                        label, precision)
+                                        label, precision, masked)
 
     # the map is part of the model: --networks can map one authors' checkpoint in several ways
     network_map = setup.meta["network_map"].numpy()

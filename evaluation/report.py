@@ -106,13 +106,14 @@ def print_results(task, results, paired, cohort, n_repeats):
 
 def run_config(args, setup):
     """The settings every report records (JSON)."""
-    return {"ckpt": str(setup.ckpt.resolve()), "ckpt_step": setup.meta.get("step"),
+    return {"ckpt": str(setup.ckpt.resolve()), "ckpt_given": args.ckpt, "ckpt_step": setup.meta.get("step"),
             "data": str(setup.data_path.resolve()), "labels": str((setup.labels_path or setup.data_path).resolve()),
             "layout": args.layout, "tr": args.tr, "task_type": args.task_type, "bins": args.bins,
             "split": list(setup.ratios), "seeds": setup.seeds, "crops": args.crops,
             "crop_len": setup.encoder.config.crop_len, "device": setup.device, "precision": setup.precision,
             "precision_reason": setup.precision_reason, "encoder_config": setup.meta["encoder_config"],
-            "C_grid": C_GRID.tolist(), "alpha_grid": ALPHA_GRID.tolist(), "max_iter": args.max_iter}
+            "C_grid": C_GRID.tolist(), "alpha_grid": ALPHA_GRID.tolist(), "max_iter": args.max_iter,
+            **(setup.data.config() if setup.data is not None else {})}
 
 
 def task_summary(task):

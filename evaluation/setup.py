@@ -16,7 +16,7 @@ from data.scans import Scans
 from encoder import Encoder
 from evaluation import options
 from machine import runtime
-from training import checkpoint
+from training import checkpoint, release
 
 ALL = "all"                           # --task all: every label column in one run
 
@@ -110,20 +110,22 @@ class Setup:
     labels_path: Path = None          # None: the .h5's own label datasets
     precision: str = "fp32"
     precision_reason: str = ""
+    data: options.Data = None         # the data and how the model reads them (masked networks, crop length)
+    home: Path = None                 # default folder of reports and the feature cache (checkpoint.output_home)
 
 
 def prepare(args):
     """Options, model, data and labels path of a run -> Setup (every error before any work)."""
     ratios, seeds, baselines = check_options(args)
     device = str(runtime.resolve_device(args.device))
-    ckpt = Path(args.ckpt)
-    encoder, meta = checkpoint.load_teacher(ckpt, network_map=options.teacher_map(args.networks))
-    scans, data_path, synthetic = options.load_data(args, len(meta["network_map"]))
-    labels_path = (data_path.with_name("probe_labels.csv") if synthetic
+    ckpt = release.checkpoint_file(args.ckpt)   # hf:OWNER/NAME: the release in huggingface_hub's cache
+    encoder, meta = checkpoint.load_teacher(args.ckpt, network_map=options.teacher_map(args.networks))
+    data = options.load_data(args, encoder, meta)
+    labels_path = (data.path.with_name("probe_labels.csv") if data.synthetic
                    else Path(args.labels) if args.labels else None)
     precision, why = runtime.resolve_precision(args.precision, device)
-    return Setup(ratios, seeds, baselines, device, ckpt, encoder, meta, scans, data_path, synthetic, labels_path,
-                 precision, why)
+    return Setup(ratios, seeds, baselines, device, ckpt, encoder, meta, data.scans, data.path, data.synthetic,
+                 labels_path, precision, why, data, release.output_home(args.ckpt))
 
 
 def load_task(setup, name, task_type="auto", bins=None, table=None, continuous_only=False):

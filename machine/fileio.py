@@ -5,6 +5,7 @@
   folder, then os.replace), so a crash or kill never leaves a half-written checkpoint, feature cache
   or synthetic cohort file behind, and readers see the old file or the new one. On an error the
   temporary file is removed and `path` is untouched.
+- `check_writable(path, flag)`: an output that cannot be written is a clear error before any work.
 - `file_key(paths, *extra)`: a short hash of each file's resolved path, size and modification time
   (plus `extra`), used as a cache key: it changes when a file is rewritten, without reading it.
 
@@ -45,6 +46,29 @@ def atomic_write(path, mode="wb"):
             os.close(dfd)
     except OSError:
         pass
+
+
+def check_writable(path, flag="--out", folder=False):
+    """Raise a ValueError when `path` (a file, or with folder=True a folder) cannot be written: its
+    nearest existing folder is a file, or a test file cannot be created there (read-only, no
+    permission). Creates nothing that stays."""
+    path = Path(path).expanduser().absolute()
+    if path.is_dir() and not folder:
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    if path.exists() and not path.is_dir() and folder:
+        raise ValueError(f"{flag} {path} is a file; give a folder")
+    base = path if folder else path.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"{flag} {path} cannot be written: {base} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {path} cannot be written: {base} is not writable ({e.strerror}); "
+                         f"choose another {flag}") from None
+    return path
 
 
 def file_key(paths, *extra) -> str:

@@ -52,7 +52,7 @@ def test_ids_from_data_says_where_the_subject_ids_came_from(npy, tmp_path):
     subjects_path(p).write_text("a\na\nb\nc\n")
     assert load_scans(p).ids_from_data
     (tmp_path / "f").mkdir()
-    np.savetxt(tmp_path / "f" / "sub-01.csv", np.ones((30, 4)), delimiter=",")
+    np.savetxt(tmp_path / "f" / "sub-01.csv", np.arange(120.0).reshape(30, 4), delimiter=",")
     assert load_scans(tmp_path / "f").ids_from_data                   # BIDS file names
 
 

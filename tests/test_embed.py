@@ -66,7 +66,7 @@ def test_npy_mean_over_crops_and_ids(ckpt, npy, tmp_path, capsys):
     assert emb.shape == (5, 64) and emb.dtype == np.float32
     np.testing.assert_allclose(emb, _expected(ckpt, load_scans(path)), rtol=1e-5, atol=1e-5)
     assert (tmp_path / "emb" / "emb_subjects.txt").read_text().splitlines() == ids
-    assert res["files"] == [out, tmp_path / "emb" / "emb_subjects.txt"]
+    assert res["files"] == [out, tmp_path / "emb" / "emb_subjects.txt", tmp_path / "emb" / "emb_config.json"]
     assert "Embedding 5 scans" in capsys.readouterr().out
 
 

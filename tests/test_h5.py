@@ -107,9 +107,13 @@ def test_reads_are_lazy(h5, monkeypatch):
         return read(self, key, *a, **k)
 
     monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    monkeypatch.setattr("data.load.CONSTANT_SAMPLE", 2)
     sc = load_scans(p)
     series = [(n, k) for n, k in calls if n.startswith("/timeseries/")]
-    assert series and all(n == "/timeseries/schaefer400" and k[1] == 0 for n, k in series)   # ROI 0 only
+    lengths = [(n, k) for n, k in series if isinstance(k, tuple)]
+    assert lengths and all(n == "/timeseries/schaefer400" and k[1] == 0 for n, k in lengths)   # ROI 0 only
+    whole = set().union(*(_rows(k, 6) for _, k in series if not isinstance(k, tuple)))
+    assert whole == {0, 5}                       # the constant-ROI check reads its sample only
     calls.clear()
     sc.read([4, 1])
     assert sorted(n for n, _ in calls) == ["/timeseries/buckner7", "/timeseries/schaefer400", "/timeseries/tian3"]
@@ -173,9 +177,14 @@ def test_probe_cli_reads_labels_from_the_h5(ckpt457, tmp_path, capsys):
 
 def test_errors(h5, tmp_path):
     p, _ = h5
-    q = tmp_path / "no_tian.h5"
-    write_authors_h5(q, atlases={"schaefer400": 400, "buckner7": 7})
-    with pytest.raises(ValueError, match=r"missing timeseries/tian3; .*\(found in timeseries/: buckner7, schaefer400\)"):
+    q = tmp_path / "no_atlas.h5"
+    write_authors_h5(q, atlases={"aal116": 116})
+    with pytest.raises(ValueError, match=r"holds none of timeseries/schaefer400, .*\(found in timeseries/: aal116\)"):
+        load_scans(q)
+    q = tmp_path / "small_tian.h5"
+    write_authors_h5(q, atlases={"schaefer400": 400, "tian3": 16})
+    with pytest.raises(ValueError, match=r"timeseries/tian3 has 16 ROIs, but with buckner7 absent each atlas present "
+                                         r"needs its full 50 ROIs"):
         load_scans(q)
     with pytest.raises(ValueError, match=r"the atlases give 457 ROIs \(schaefer400 400 \+ tian3 50 \+ buckner7 7\) "
                                          r"but the network map has 400 entries"):

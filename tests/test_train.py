@@ -97,7 +97,8 @@ def test_every_option_has_a_flag_and_every_flag_an_option():
         if f.type is bool:
             assert isinstance(a, argparse._StoreTrueAction), name
             continue
-        assert a.type is {Optional[int]: int, Optional[float]: float, Optional[str]: str}.get(f.type, f.type), name
+        assert a.type is {Optional[int]: int, Optional[float]: float, Optional[str]: str,
+                          Optional[list]: float}.get(f.type, f.type), name   # a list: nargs floats (--bandpass)
         if f.default is not None:
             assert f"(default: {f.default}" in " ".join(a.help.split()), name
     assert {k: a.choices for k, a in actions.items() if a.choices} == {

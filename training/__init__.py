@@ -9,6 +9,7 @@ Read in this order:
 - `trainer.py`     one optimizer step (Trainer), what a log step records, what --out holds, the loop
 - `monitor.py`     is the run learning: subject separation, collapse and warm-up warnings, curves
 - `checkpoint.py`  the one place checkpoints are read and written, the authors' included
+- `release.py`     the released model by name (`--ckpt hf:SamGijsen/Brain-Semantoks`), through huggingface_hub's cache
 
 Imports the method (encoder.py, losses.py, masking.py), data/ and machine/; never a command.
 """

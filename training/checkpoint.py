@@ -12,6 +12,9 @@ Two files per run (SPEC §6: after training the student is discarded, the teache
   (seed, step), so no RNG state is needed); same container format
   {"format": "brain-semantoks/state", "version": 1, ...}.
 
+`--ckpt hf:OWNER/NAME[/FILE][@REV]` (the release by name) is fetched through huggingface_hub's cache
+(release.py) wherever a checkpoint is read.
+
 Checkpoints of the authors' code (their `main.py` dict or a bare `model_state_dict`, with or
 without DDP's "module." prefix, e.g. their released UK Biobank model) are read wherever ours are:
 `load_teacher` (probe.py, embed.py) and `load_init` (train.py --init-from). Their sizes are read
@@ -38,14 +41,26 @@ from data.networks import default_network_map, load_network_map, network_names, 
 from encoder import Encoder, EncoderConfig, sincos_embedding
 from machine.cli import cli
 from machine.fileio import atomic_write
+from training import release
 
 TEACHER_FORMAT = "brain-semantoks/teacher"
 STATE_FORMAT = "brain-semantoks/state"
 VERSION = 1
 
 
+def _with_config(obj, config):
+    """An authors' checkpoint without a config of its own gets the release's config file (heads, patch)."""
+    if config is None or not isinstance(obj, dict) or "format" in obj or isinstance(obj.get("config"), dict):
+        return obj
+    return {**obj, "config": config} if "model_state_dict" in obj else {"model_state_dict": obj, "config": config}
+
+
 def _read(path, map_location):
-    """torch.load(weights_only=True) with every failure turned into a ValueError about the file."""
+    """torch.load(weights_only=True) with every failure turned into a ValueError about the file; an
+    hf: name is fetched first (release.py), its config file merged in."""
+    if release.is_release(path):
+        local, config = release.resolve(path)
+        return _with_config(_read(local, map_location), config)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"checkpoint not found: {path}")
@@ -122,7 +137,8 @@ def _teacher_from(obj, path, map_location="cpu", network_map=None, dtype=None):
         state, meta = states["teacher"]["encoder"], {
             "format": "authors", "encoder_config": asdict(config), "network_map": torch.from_numpy(m),
             "network_names": network_names(m), "step": obj.get("epoch") if "model_state_dict" in obj else None,
-            "train_config": {"imported_from": os.path.abspath(path)}}
+            "train_config": {"imported_from": os.path.abspath(path)},
+            "mask_embedding": "teacher_encoder.inter_network_transformer.mask_embedding" in _authors_state_dict(obj)}
     else:
         obj = _check_format(obj, path, TEACHER_FORMAT)
         config, m, state = _our_config(obj, path), obj["network_map"].numpy(), obj["state_dict"]
@@ -130,6 +146,8 @@ def _teacher_from(obj, path, map_location="cpu", network_map=None, dtype=None):
             raise ValueError(f"{path} carries the network map it was trained with; a different --networks "
                              f"cannot apply to it (leave --networks out)")
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        # a run that never masked (--mask-prob 0) leaves the mask embedding at its random start
+        meta["mask_embedding"] = (obj.get("train_config") or {}).get("mask_prob", 1) != 0
     try:
         encoder = Encoder(config, m)
         if dtype is not None:

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from data.atlases import parse_atlases
+from data.bandpass import check_band
 from data.load import check_no_data_options
 from encoder import EncoderConfig
 import kernels
@@ -42,6 +44,8 @@ class TrainConfig:
     layout: str = "SCT"
     tr: Optional[float] = None
     networks: str = "default"
+    atlases: Optional[str] = None     # an array/folder with only some atlases: which (data/atlases.py)
+    bandpass: Optional[list] = None   # [low, high] Hz, band-pass on loading (data/bandpass.py); None: as given
     # --- model
     preset: Optional[str] = None
     dim: Optional[int] = None
@@ -108,6 +112,12 @@ def _data_options(g):
     g.add_argument("--networks", type=str, help=f"""ROI -> network map: default (SPEC §2, the paper's 457 ROIs),
         FILE (.txt/.csv/.npy, one network id per ROI) for another atlas, or auto:K to cluster the data's group FC
         into K networks when your atlas comes without one. (default: {TrainConfig.networks})""")
+    g.add_argument("--atlases", type=str, help="""For an array or folder with only some of the release's atlases:
+        which, e.g. schaefer400,tian3. The absent atlases' networks are masked in every patch and take no loss
+        (an .h5 in the authors' layout says itself which it holds). (default: all three)""")
+    g.add_argument("--bandpass", type=float, nargs=2, metavar=("LOW", "HIGH"), help="""Band-pass every scan, in Hz,
+        after resampling to 2.0 s and before z-scoring (Butterworth order 5, zero-phase); the released model was
+        trained on data filtered 0.01 0.1. (default: no filtering)""")
 
 
 def _model_options(g):
@@ -155,7 +165,8 @@ def _optimisation_options(g):
                    help=f"The coding-rate epsilon of the MCR losses (SPEC §7). (default: {TrainConfig.eps})")
     g.add_argument("--clip-grad", type=float, help=f"Gradient-norm clip. (default: {TrainConfig.clip_grad})")
     g.add_argument("--init-from", type=str, help="""Start student, teacher and head from a model instead of random
-        weights: the authors' .pth, or our teacher.pt / state.pt (the optimizer starts fresh). Use it to continue
+        weights: the authors' .pth, the release by name (hf:SamGijsen/Brain-Semantoks), or our teacher.pt / state.pt
+        (the optimizer starts fresh). Use it to continue
         pretraining the released model on your data.""")
 
 
@@ -200,6 +211,9 @@ def resolve_config(given: dict) -> TrainConfig:
             setattr(cfg, k, v)
     if cfg.data is None:   # never applied to the synthetic cohort
         check_no_data_options({f"--{k}" for k in ("tr", "layout") if k in given}, "the synthetic cohort")
+    if cfg.bandpass is not None:
+        cfg.bandpass = list(check_band(*cfg.bandpass))
+    parse_atlases(cfg.atlases)
     if cfg.out is None:
         cfg.out = os.path.join("runs", cfg.preset)
     _check_ranges(cfg)

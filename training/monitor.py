@@ -27,19 +27,22 @@ SHORT_WARMUP, HIGH_LR = 100, 5e-4
 
 
 @torch.no_grad()
-def subject_separation(encoder, crops, subjects):
+def subject_separation(encoder, crops, subjects, masked_networks=None):
     """How well the encoder's CLS tells subjects apart ("does the run learn").
 
     crops: (S, 2, C, T') two crops per scan; subjects: S ids, some subjects with several scans.
     Compares the CLS of crop 0 of scan i with crop 1 of scan j (i ≠ j): pairs of different scans of
     the same subject vs pairs of different subjects. Returns same/diff mean cosine, their gap and the
     AUROC of cosine as a same-subject detector (0.5 = no separation), and the mean pairwise cosine.
+    masked_networks: networks of absent atlases, masked as in training (data/atlases.py).
     """
     from sklearn.metrics import roc_auc_score
     was_training = encoder.training
     encoder.eval()
     S = crops.shape[0]
-    cls = torch.cat([encoder(c)[0] for c in crops.flatten(0, 1).split(128)])     # (2S, D)
+    run = (lambda c: encoder(c)[0]) if not masked_networks else (
+        lambda c: encoder(c, encoder.network_mask(len(c), masked_networks, c.device))[0])
+    cls = torch.cat([run(c) for c in crops.flatten(0, 1).split(128)])            # (2S, D)
     encoder.train(was_training)
     z = F.normalize(cls.float(), dim=-1).view(S, 2, -1)
     cos = (z[:, 0] @ z[:, 1].T).cpu().numpy()                                    # (S, S)

@@ -61,7 +61,8 @@ class Trainer:
     All randomness of a step is drawn from generators re-seeded from (seed, step, rank), and the batch
     source resumes from counters, so `state_dict()` + the step number resume a run exactly."""
 
-    def __init__(self, cfg, enc_cfg, network_map, batches, total, device, rank=0, world=1, compile_backend="inductor"):
+    def __init__(self, cfg, enc_cfg, network_map, batches, total, device, rank=0, world=1, compile_backend="inductor",
+                 absent_networks=None):
         self.cfg, self.batches, self.total, self.device, self.rank, self.world = cfg, batches, total, device, rank, world
         self.local_b = cfg.batch_size // world
         self.warmup = warmup_steps(total, cfg.warmup_epochs, cfg.epochs)
@@ -85,6 +86,14 @@ class Trainer:
         self.fwd_student, self.fwd_teacher = ((torch.compile(self.model, backend=compile_backend),
                                                torch.compile(self.teacher, backend=compile_backend))
                                               if self.compiled else (self.model, self.teacher))
+        # networks of atlases the data lack (data/atlases.py): masked in every patch, student and teacher,
+        # and outside every loss (L_TTR without their summaries, L_Tok never at their tokens)
+        self.absent = None
+        if absent_networks:
+            self.absent = torch.zeros(self.student.encoder.n_networks, dtype=torch.bool, device=device)
+            self.absent[list(absent_networks)] = True
+            self.fwd_student, self.fwd_teacher = (AbsentNetworks(f, self.absent, self.student.encoder.n_patches)
+                                                  for f in (self.fwd_student, self.fwd_teacher))
         self.t_params, self.s_params = list(self.teacher.parameters()), list(self.student.parameters())
         self.mask_gen = torch.Generator(device=device)  # slice masks drawn on the device: no host-device copy
 
@@ -111,6 +120,8 @@ class Trainer:
             mask = torch.zeros(2 * b, N, P, dtype=torch.bool, device=self.device)
         else:
             mask = None
+        if mask is not None and self.absent is not None:   # L_Tok's positions: never an absent network
+            mask = mask & ~self.absent[None, :, None]
         r = self.update(x1, x2, mask, masked=masked, **sched)
         r.update(masked=masked, **sched)
         return r
@@ -150,6 +161,20 @@ class Trainer:
         self.teacher.load_state_dict(state["teacher"])
         self.opt.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["sampler"])
+
+
+class AbsentNetworks:
+    """A student or teacher forward that masks the absent networks (bool (N,)) in all P patches, whatever
+    else is masked, and leaves their summaries out of z_net, so L_TTR never sees them."""
+
+    def __init__(self, forward, absent, n_patches):
+        self.forward, self.absent, self.n_patches = forward, absent, n_patches
+
+    def __call__(self, x, mask=None, with_tokens=False):
+        hide = self.absent[None, :, None].expand(x.shape[0], -1, self.n_patches)   # (VB, N, P)
+        out = self.forward(x, hide if mask is None else mask | hide, with_tokens)
+        out["z_net"] = out["z_net"][:, ~self.absent]                            # (VB, N_present, p)
+        return out
 
 
 LOGGED = ("loss", "cls", "ttr", "tok", "comp", "expa", "std_s", "std_t", "cos_t", "grad_norm")
