@@ -102,7 +102,8 @@ def test_every_option_has_a_flag_and_every_flag_an_option():
             assert f"(default: {f.default}" in " ".join(a.help.split()), name
     assert {k: a.choices for k, a in actions.items() if a.choices} == {
         "preset": ["paper", "demo"], "layout": ["SCT", "STC"], "precision": ["auto", "fp32", "bf16"],
-        "compile": ["auto", "on", "off"], "init": ["authors", "dino"], "weight_decay_params": ["all", "dino"]}
+        "compile": ["auto", "on", "off"], "init": ["authors", "dino"], "weight_decay_params": ["all", "dino"],
+        "mask_type": ["slice", "random"], "tokenizer": ["semantic", "linear"]}
     p.format_help()                                     # every help string formats (a bare % would not)
 
 
