@@ -191,3 +191,31 @@ def test_bad_switch_values_are_clear_errors(capsys):
         with pytest.raises(SystemExit):
             train.build_parser().parse_args([flag, value])
         assert "invalid choice" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- bench/ablations.py end to end
+
+@pytest.mark.slow
+def test_bench_ablations_runs_every_row_end_to_end(tmp_path):
+    import subprocess
+    import sys
+    from conftest import script_env
+    from test_train import REPO
+    d = tmp_path / "cohort"
+    synthetic.make_synthetic_cohort(d, n_pretrain_subjects=12, scans_per_subject=2, n_probe=60,
+                                    length_range=(100, 140))
+    out = tmp_path / "abl"
+    cmd = [sys.executable, "bench/ablations.py", "--steps", "20", "--cohort", str(d), "--repeats", "2",
+           "--out", str(out), "--dim", "32", "--depth", "1", "--heads", "2", "--proj-hidden", "64",
+           "--batch-size", "8", "--eval-scans", "0", "--log-every", "10", "--no-kernels"]
+    done = subprocess.run(cmd, cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rep = json.loads((out / "ablations.json").read_text())
+    assert list(rep["rows"]) == ["full", "no_ttr", "ttr_whole_run", "no_cls", "random_mask", "linear", "one_network"]
+    for row in rep["rows"].values():
+        assert set(row["tasks"]) == set(synthetic.LABELS) and 0 <= row["cos_t"] <= 1 and row["std_t"] > 0
+    saved = lambda row: json.loads((out / row / "config.json").read_text())["train"]
+    assert saved("no_cls")["cls_weight"] == 0 and saved("linear")["tokenizer"] == "linear"
+    assert saved("one_network")["networks"] == "one" and saved("full")["steps"] == 20
+    table = done.stdout[done.stdout.rindex("Ablations ("):]
+    assert "52.39" in table and "partial collapse, cos 0.95" in table and "age (R²)" in table
