@@ -1,4 +1,5 @@
-"""The Brain-Semantoks encoder (SPEC §5): semantic tokenizer (or its linear ablation) + a ViT over network x patch tokens.
+"""The Brain-Semantoks encoder (SPEC §5): semantic tokenizer (or its linear ablation, tokenizer.py) + a ViT
+over network x patch tokens.
 
 x (B, C, T') -> tokenizer -> Z (B, N, P, D) -> masked tokens replaced by one learned mask
 embedding -> + learned network embedding (N, D) + fixed sin-cos temporal embedding (P, D) ->
@@ -111,7 +112,8 @@ class Encoder(nn.Module):
             raise ValueError(f"crop_len {config.crop_len} is not a multiple of patch_len {config.patch_len}")
         self.config = config
         D = config.dim
-        self.tokenizer = make_tokenizer(config.tokenizer, network_map, D, config.patch_len, config.n_scales, config.init)
+        self.tokenizer = make_tokenizer(config.tokenizer, network_map, D, config.patch_len, config.n_scales,
+                                        config.init)
         self.n_networks = self.tokenizer.n_networks
         self.n_patches = config.crop_len // config.patch_len
         embed_init = nn.init.normal_ if config.init == "authors" else nn.init.trunc_normal_

@@ -87,7 +87,8 @@ class LinearTokenizer(nn.Module):
         B, C, T = x.shape
         L = self.patch_len
         if C != self.n_rois or T == 0 or T % L:
-            raise ValueError(f"linear tokenizer input must be (B, {self.n_rois}, a multiple of {L}), got {tuple(x.shape)}")
+            raise ValueError(f"linear tokenizer input must be (B, {self.n_rois}, a multiple of {L}), "
+                             f"got {tuple(x.shape)}")
         P = T // L
         xs = x.index_select(1, self.perm).view(B, C, P, L)               # (B, C, P, L) networks contiguous
         out = [xn.transpose(1, 2).reshape(B, P, -1) @ w                   # (B, P, R_n·L) @ (R_n·L, D)

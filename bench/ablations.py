@@ -50,7 +50,8 @@ DEFAULT_ROWS = [r for r in ABLATIONS if r != "rois"]
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="demo", choices=["demo", "paper"], help="train.py --preset (default %(default)s)")
+    ap.add_argument("--preset", default="demo", choices=["demo", "paper"],
+                    help="train.py --preset (default %(default)s)")
     ap.add_argument("--steps", type=int, help="train.py --steps for every row (default: the preset's; demo 120)")
     ap.add_argument("--device", default="auto", help="train.py and probe.py --device (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="the one seed of every run (default %(default)s)")
@@ -130,14 +131,13 @@ def main(argv=None):
         rep = probe_row(args, teacher)
         kinds.update({n: t["kind"] for n, t in rep["tasks"].items()})
         results[row] = summarise(rep, last)
+        with atomic_write(os.path.join(args.out, "ablations.json"), "w") as f:   # every row: a long run shows its part
+            json.dump({"preset": args.preset, "steps": args.steps, "seed": args.seed, "repeats": args.repeats,
+                       "extra": extra, "rows": results, "paper": {r: ABLATIONS[r][1] for r in results}}, f, indent=1)
     table = format_table(results, kinds)
     print(f"\nAblations ({args.preset} preset, {args.steps or 'preset'} steps, seed {args.seed}, {args.repeats} "
           f"splits): teacher balanced accuracy % per task (R² for regression), mean over the classification "
           f"tasks, teacher − random encoder on the same splits (points), collapse monitors at the end\n{table}")
-    os.makedirs(args.out, exist_ok=True)
-    with atomic_write(os.path.join(args.out, "ablations.json"), "w") as f:
-        json.dump({"preset": args.preset, "steps": args.steps, "seed": args.seed, "repeats": args.repeats,
-                   "extra": extra, "rows": results, "paper": {r: ABLATIONS[r][1] for r in results}}, f, indent=1)
     return results
 
 

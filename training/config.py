@@ -221,8 +221,8 @@ def resolve_config(given: dict) -> TrainConfig:
 # does something else (--heads 0: ZeroDivisionError; --ema-momentum 2: a teacher moving away from the student)
 RANGES = [*((k, 1, None, False) for k in ("batch_size", "epochs", "steps", "log_every", "ckpt_every", "dim", "depth",
                                           "heads", "proj_hidden")),
-          *((k, 0, None, False) for k in ("eval_scans", "warmup_epochs", "ttr_epochs", "ttr_weight", "tok_weight", "cls_weight",
-                                          "weight_decay", "weight_decay_end", "lr")),   # lr 0: weights stay (tests)
+          *((k, 0, None, False) for k in ("eval_scans", "warmup_epochs", "ttr_epochs", "ttr_weight", "tok_weight",
+                                          "cls_weight", "weight_decay", "weight_decay_end", "lr")),   # lr 0: weights stay (tests)
           *((k, 0, None, True) for k in ("eps", "clip_grad")),
           ("mask_prob", 0, 1, False), ("ema_momentum", 0, 1, False)]
 
