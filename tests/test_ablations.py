@@ -80,6 +80,22 @@ def test_random_mask_has_the_ratio_distribution_and_no_row_or_column_structure()
     assert (whole(sliced, 2) | whole(sliced, 1)).all()                    # what slice masking always has
 
 
+def test_the_trainer_draws_the_mask_type_of_its_config(monkeypatch):
+    from training import trainer
+
+    class Views:                                                          # the batch source, minus the data
+        def next_batch(self, b):
+            return torch.randn(b, 40, 100), torch.randn(b, 40, 100)
+    whole = lambda m: ((m.all(2) | ~m.any(2)).all(-1) | (m.all(1) | ~m.any(1)).all(-1))  # rows or columns only
+    for kind, structured in (("slice", (1.0, 1.0)), ("random", (0.0, 0.1))):   # random: ~0.6 % of 4 x 5 masks by chance
+        cfg = train.resolve_config({"preset": "demo", **TINY, "batch_size": 32, "steps": 4, "mask_prob": 1.0,
+                                    "mask_type": kind})
+        tr = trainer.Trainer(cfg, train.encoder_config(cfg), SMALL_MAP, Views(), 4, torch.device("cpu"))
+        monkeypatch.setattr(tr, "update", lambda x1, x2, mask, **k: {"mask": mask})
+        mask = tr.step(0)["mask"]                                         # (2b, N, P)
+        assert mask.shape == (64, 4, 5) and structured[0] <= whole(mask).float().mean() <= structured[1]
+
+
 def test_make_mask_picks_the_type_and_names_the_choices():
     g = lambda: torch.Generator().manual_seed(3)
     assert torch.equal(make_mask("slice", 8, 9, 5, generator=g()), slice_mask(8, 9, 5, generator=g()))
