@@ -70,7 +70,9 @@ def _read_text_map(path: Path) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-# the two extremes of the semantic prior, as the authors' max_spatial / min_spatial (their data/dataset.py:121-127)
+# the two extremes of the semantic prior, as the authors' max_spatial / min_spatial (their data/dataset.py:123-128,
+# model/semantoks.py:110-122; with max_spatial their encoder swaps the tokenizer for one Linear(L -> D) shared by
+# every ROI, semantoks.py:167-170, where ours keeps the --tokenizer the run asks for)
 EXTREMES = {"rois": "every ROI its own network", "one": "one network of all ROIs"}
 
 

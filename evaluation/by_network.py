@@ -2,7 +2,7 @@
 
 For every network n, two feature sets of the frozen teacher, each on the probe crops of every scan:
 - alone:   every other network's tokens replaced by the mask embedding, in every patch (what network n
-           carries by itself; the authors' extract_features(..., network_mask=n), their simdino.py:369-403);
+           carries by itself; the authors' extract_features(..., network_mask=n), their simdino.py:369-404);
 - without: network n alone masked (what is lost without it).
 The mask embedding is the one pretraining fills masked tokens with (Encoder.features), so the teacher
 sees an input of the kind it learned on. Each set is probed on the same subject splits as the full

@@ -33,10 +33,11 @@ def test_by_network_masks_each_network_probes_the_same_splits_and_caches(tmp_pat
         return extract(*a, **k)
     monkeypatch.setattr(features, "encoder_features", recording)
     out = tmp_path / "dx.json"
-    args = ["--ckpt", str(_ckpt(tmp_path)), "--data", str(scans), "--labels", str(labels), "--task", "dx",
-            "--cache-dir", str(tmp_path / "c"), "--repeats", "2", "--baselines", "none", "--max-iter", "100",
-            "--out", str(out), "--by-network"]
-    rep = probe.main(args)
+    args = lambda task, out: ["--ckpt", str(tmp_path / "teacher.pt"), "--data", str(scans), "--labels", str(labels),
+                              "--task", task, "--cache-dir", str(tmp_path / "c"), "--repeats", "2", "--baselines",
+                              "none", "--max-iter", "100", "--out", str(out), "--by-network"]
+    _ckpt(tmp_path)
+    rep = probe.main(args("dx", out))
     assert sorted(seen, key=str) == sorted([None, [1, 2], [0, 2], [0, 1], [0], [1], [2]], key=str)
     res = json.loads((tmp_path / "dx_by_network.json").read_text())["tasks"]["dx"]
     assert (tmp_path / "dx_by_network.png").stat().st_size > 0
@@ -49,8 +50,11 @@ def test_by_network_masks_each_network_probes_the_same_splits_and_caches(tmp_pat
     printed = capsys.readouterr().out
     assert "dx: balanced acc (%) by network" in printed and "(all networks)" in printed
     seen.clear()
-    probe.main(args)                                      # the second run reads every feature set from the cache
+    probe.main(args("dx", out))                           # the second run reads every feature set from the cache
     assert seen == []
+    probe.main(args("all", tmp_path / "all.json"))        # --task all: every label, the same cached features
+    tasks = json.loads((tmp_path / "all_by_network.json").read_text())["tasks"]
+    assert set(tasks) == {"dx", "age"} and tasks["age"]["metric"] == "r2" and seen == []
 
 
 def test_label_networks_of_the_synthetic_cohort():
