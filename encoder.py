@@ -1,4 +1,5 @@
-"""The Brain-Semantoks encoder (SPEC §5): semantic tokenizer + a ViT over network x patch tokens.
+"""The Brain-Semantoks encoder (SPEC §5): semantic tokenizer (or its linear ablation, tokenizer.py) + a ViT
+over network x patch tokens.
 
 x (B, C, T') -> tokenizer -> Z (B, N, P, D) -> masked tokens replaced by one learned mask
 embedding -> + learned network embedding (N, D) + fixed sin-cos temporal embedding (P, D) ->
@@ -14,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tokenizer import SemanticTokenizer
+from tokenizer import make_tokenizer
 
 
 @dataclass
@@ -32,6 +33,8 @@ class EncoderConfig:
     init: str = "authors"       # "authors": as the published run (PyTorch's default init for the block Linears and
                                 #   the tokenizer's structured-branch projection; CLS, mask and network embeddings
                                 #   N(0, 0.02²)); "dino": trunc-normal(0.02) Linears with zero biases, as in DINO
+    tokenizer: str = "semantic"  # "semantic" (SPEC §3); "linear": one Linear(R_n·L -> D) per network, the
+                                 #   paper's ablation (tokenizer.py, train.py --tokenizer)
 
     @classmethod
     def preset(cls, name):
@@ -109,7 +112,8 @@ class Encoder(nn.Module):
             raise ValueError(f"crop_len {config.crop_len} is not a multiple of patch_len {config.patch_len}")
         self.config = config
         D = config.dim
-        self.tokenizer = SemanticTokenizer(network_map, D, config.patch_len, config.n_scales, config.init)
+        self.tokenizer = make_tokenizer(config.tokenizer, network_map, D, config.patch_len, config.n_scales,
+                                        config.init)
         self.n_networks = self.tokenizer.n_networks
         self.n_patches = config.crop_len // config.patch_len
         embed_init = nn.init.normal_ if config.init == "authors" else nn.init.trunc_normal_

@@ -17,7 +17,8 @@ L_CLS = L_MCR on projected CLS tokens; L_TTR = L_MCR on projected per-network to
 L_Tok = -cos(head(teacher token), head(student token)) at masked positions. Teacher inputs are
 detached here, so callers may pass teacher outputs that still carry a graph. Under DDP the
 projections are gathered across ranks first (`compute_losses`): m is always the number of rows given.
-`compute_losses` is one batch of the objective, L = L_CLS + w·L_TTR + 0.5·L_Tok, plus the collapse
+`compute_losses` is one batch of the objective, L = c·L_CLS + w·L_TTR + 0.5·L_Tok (c = 1; 0 is the
+paper's "no L_CLS" ablation), plus the collapse
 monitors a run logs; training/trainer.py drives it step by step.
 
     python -m pytest -q tests/test_losses.py tests/test_train.py tests/test_authors.py
@@ -185,7 +186,8 @@ def _gather(z):
         return torch.cat(torch.distributed.nn.functional.all_gather(z))
 
 
-def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, precision="fp32", masked=None):
+def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, precision="fp32", masked=None,
+                   cls_w=1.0):
     """The training objective for one batch (SPEC §7).
 
     x1, x2: (B, C, T') the two views; mask: (2B, N, P) bool for the concatenated views, or None.
@@ -193,6 +195,10 @@ def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, p
     unmasked batch passes an all-False mask with masked=False: the student still takes the mask (so
     the mask embedding stays in DDP's graph), but no token is projected and L_Tok is 0. precision: "fp32"
     or "bf16", the forwards' autocast on x's device (runtime.resolve_precision resolves "auto").
+    cls_w: the weight of L_CLS; 0 (train.py --cls-weight 0, the ablation) leaves it out of the graph: it is
+    still computed for the log, without gradient. A batch with no other term (unmasked, after L_TTR's
+    window) then gets a zero loss that is attached to the student (zero gradients, AdamW's momentum and
+    decay still act), so that every forward has its backward, as DDP needs.
     Returns a dict of scalar tensors: loss (to backpropagate), cls, ttr, tok, comp, expa (of L_CLS),
     and collapse monitors std_s, std_t (std of normalised CLS projections), cos_t (mean pairwise
     cosine of teacher CLS). With several processes the MCR terms use the global batch.
@@ -208,10 +214,11 @@ def compute_losses(student, teacher, x1, x2, mask, ttr_w, tok_w=0.5, eps=0.05, p
     def views(z):                                              # (2B, ...) -> two global (m, p) views
         return tuple(_gather(v.reshape(-1, v.shape[-1])) for v in (z[:B], z[B:]))
 
-    cls, comp, expa = mcr_loss(views(s["z_cls"]), views(t["z_cls"]), eps)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and cls_w > 0):
+        cls, comp, expa = mcr_loss(views(s["z_cls"]), views(t["z_cls"]), eps)
     ttr = ttr_loss(views(s["z_net"]), views(t["z_net"]), eps)[0] if ttr_w > 0 else cls.new_zeros(())
     tok = token_loss(s["z_tok"], t["z_tok"], mask) if masked else cls.new_zeros(())
-    loss = cls + ttr_w * ttr + tok_w * tok
+    loss = (cls_w * cls if cls_w > 0 else 0 * s["z_cls"].sum()) + ttr_w * ttr + tok_w * tok
     with torch.no_grad():
         tc = F.normalize(t["cls"].float(), dim=-1)             # (2B, D)
         n = tc.shape[0]

@@ -7,6 +7,7 @@
     python probe.py --ckpt teacher.pt --data ukb.h5 --task sex_bi          # the authors' layout, its own labels
     python probe.py --ckpt hf:SamGijsen/Brain-Semantoks --data cortex.npy --atlases schaefer400 \
                     --bandpass 0.01 0.1 --labels labels.csv --task sex     # the release, cortex only, filtered
+    python probe.py --ckpt runs/demo/teacher.pt --task all --by-network     # + which networks carry each label
 
 A run is four steps, each in its own module:
 
@@ -47,7 +48,7 @@ import re
 import time
 from pathlib import Path
 
-from evaluation import features, options, report
+from evaluation import by_network, features, options, report
 from evaluation.linear_probe import PRIMARY, paired_differences, run_probe
 from evaluation.setup import ALL, add_task_arguments, cohort, load_all_tasks, load_task, prepare
 from machine.cli import cli
@@ -72,6 +73,9 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", help="feature cache (default: <ckpt dir>/.feature_cache); point it elsewhere when "
                                        "the checkpoint's folder is read-only")
     p.add_argument("--no-cache", action="store_true", help="always extract features, write no cache")
+    p.add_argument("--by-network", action="store_true", help="also probe, for every network, the teacher's features "
+                   "with all other networks masked and with it alone masked: which networks carry the label "
+                   "(evaluation/by_network.py; 2N more feature extractions, cached; probe_<task>_by_network.*)")
     p.add_argument("--out", help="results JSON (default: <ckpt dir>/probe_<task>.json, probe_all.json for --task "
                                  "all); the PNG goes beside it")
     return p.parse_args(argv)
@@ -104,6 +108,8 @@ def run(args):
     check_probe_options(args)
     check_writable(args.out or release.output_home(args.ckpt) / "probe_all.json")   # before any work
     setup = prepare(args)                                                     # load
+    if args.by_network:
+        by_network.check(setup)
     if args.task == ALL:
         return run_all(args, setup)
     task = load_task(setup, args.task, args.task_type, args.bins)
@@ -122,6 +128,8 @@ def run(args):
     }
     title = f"{task.name} ({'synthetic' if setup.synthetic else setup.data_path.name}), {len(setup.seeds)} repeats"
     report.save(rep, out, lambda png: report.plot_results(results, task, png, title))
+    if args.by_network:
+        by_network.run(args, setup, {task.name: task}, {task.name: results["teacher"]}, _by_network_path(out))
     return rep
 
 
@@ -146,7 +154,14 @@ def run_all(args, setup):
     title = (f"every task ({'synthetic' if setup.synthetic else setup.data_path.name}), "
              f"{len(setup.seeds)} repeats, mean ± std")
     report.save(rep, out, lambda png: report.plot_all(probed, png, title))
+    if args.by_network:
+        by_network.run(args, setup, tasks, {n: p["methods"]["teacher"] for n, p in probed.items()},
+                       _by_network_path(out))
     return rep
+
+
+def _by_network_path(out):
+    return out.with_name(out.stem + "_by_network.json")
 
 
 def _out_path(args, setup, default_name):

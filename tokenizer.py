@@ -10,6 +10,11 @@ tokenizer g_n, applied to every patch independently (`paper_form` writes it out)
 
 Output Z (B, N, P, D): 457 ROIs become N*P = 45 tokens.
 
+`LinearTokenizer` is the paper's "linear projection instead of the semantic tokenizer" ablation
+(train.py --tokenizer linear; the paper reports a partial collapse, CLS cosine ≈ 0.95): per network
+one Linear(R_n·L -> D) of each patch's flattened ROI x time values, the same (B, N, P, D) grid, no
+nonlinearity, no norm. It needs none of the fast paths of kernels/.
+
 `paper_form` is the reference. Steps 1-3 up to the LayerNorm usually run through a faster path of
 kernels/ (`kernels.tokenizer_conv_gelu_mean` picks it and logs which): the same numbers from the
 same parameters in "linear form" (`linear_form`): on the CPU both branches as GEMMs over all time
@@ -41,6 +46,54 @@ import kernels
 from data.networks import validate_network_map
 
 INITS = ("authors", "dino")  # the tokenizer's structured-branch projection; encoder.py uses the same names
+TOKENIZERS = ("semantic", "linear")
+
+
+def make_tokenizer(kind, network_map, dim, patch_len, n_scales, init):
+    """--tokenizer: "semantic" (SemanticTokenizer, the method) or "linear" (LinearTokenizer, its ablation)."""
+    if kind == "semantic":
+        return SemanticTokenizer(network_map, dim, patch_len, n_scales, init)
+    if kind == "linear":
+        return LinearTokenizer(network_map, dim, patch_len)
+    raise ValueError(f"unknown tokenizer {kind!r}; choose one of {TOKENIZERS}")
+
+
+class LinearTokenizer(nn.Module):
+    """Per network n one Linear(R_n·L -> D) on each patch's (R_n, L) values, flattened ROI-major.
+    weight (C·L, D) stacks the networks' weights (ROIs in network-sorted order), bias (N, D):
+    C·L·D + N·D parameters. nn.Linear's default init per network (fan_in = R_n·L)."""
+
+    def __init__(self, network_map, dim=768, patch_len=20):
+        super().__init__()
+        if isinstance(network_map, torch.Tensor):
+            network_map = network_map.cpu().numpy()
+        m = validate_network_map(network_map)
+        if patch_len < 1:
+            raise ValueError(f"patch_len must be >= 1, got {patch_len}")
+        self.dim, self.patch_len = dim, patch_len
+        self.n_rois, self.n_networks = m.size, int(m.max()) + 1
+        self.counts = tuple(np.bincount(m).tolist())                     # R_n
+        self.register_buffer("perm", torch.from_numpy(np.argsort(m, kind="stable")), persistent=False)
+        self.weight = nn.Parameter(torch.empty(m.size * patch_len, dim))
+        self.bias = nn.Parameter(torch.empty(self.n_networks, dim))
+        with torch.no_grad():
+            for n, (w, r) in enumerate(zip(self.weight.split([c * patch_len for c in self.counts]), self.counts)):
+                bound = 1 / math.sqrt(r * patch_len)
+                w.uniform_(-bound, bound)
+                self.bias[n].uniform_(-bound, bound)
+
+    def forward(self, x):
+        """x (B, C, T') in the data's ROI order -> Z (B, N, P, D)."""
+        B, C, T = x.shape
+        L = self.patch_len
+        if C != self.n_rois or T == 0 or T % L:
+            raise ValueError(f"linear tokenizer input must be (B, {self.n_rois}, a multiple of {L}), "
+                             f"got {tuple(x.shape)}")
+        P = T // L
+        xs = x.index_select(1, self.perm).view(B, C, P, L)               # (B, C, P, L) networks contiguous
+        out = [xn.transpose(1, 2).reshape(B, P, -1) @ w                   # (B, P, R_n·L) @ (R_n·L, D)
+               for xn, w in zip(xs.split(self.counts, 1), self.weight.split([c * L for c in self.counts]))]
+        return torch.stack(out, 1) + self.bias[:, None]                  # (B, N, P, D)
 
 
 class SemanticTokenizer(nn.Module):

@@ -11,6 +11,9 @@ no centring). After training the student is discarded: <out>/teacher.pt is the m
     torchrun --nproc_per_node 4 train.py --data scans.npy --preset paper
     python train.py --out runs/demo --resume          # continue a stopped run exactly where it stopped
     python train.py --help                            # every option, with its default
+    python train.py --cls-weight 0 --out runs/no_cls  # an ablation of the paper's table (README "Take it apart";
+                                                      # --ttr-weight 0, --ttr-epochs inf, --mask-type random,
+                                                      # --tokenizer linear, --networks one|rois); bench/ablations.py
 
 Precision and compilation are machine choices (machine/runtime.py): --precision auto runs bf16 autocast on
 CUDA and on CPUs with native bf16 (AVX512_BF16/AMX), fp32 elsewhere; --compile auto compiles the

@@ -71,8 +71,20 @@ def _read_text_map(path: Path) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
+# the two extremes of the semantic prior, as the authors' max_spatial / min_spatial (their data/dataset.py:123-128,
+# model/semantoks.py:110-122; with max_spatial their encoder swaps the tokenizer for one Linear(L -> D) shared by
+# every ROI, semantoks.py:167-170, where ours keeps the --tokenizer the run asks for)
+EXTREMES = {"rois": "every ROI its own network", "one": "one network of all ROIs"}
+
+
 def load_network_map(spec, n_rois=None) -> np.ndarray:
-    """spec: "default" | path to .txt/.csv (one int per ROI) or .npy | array-like -> validated int64 map."""
+    """spec: "default" | "rois" | "one" | path to .txt/.csv (one int per ROI) or .npy | array-like ->
+    validated int64 map. "rois" (ids 0..C-1) and "one" (all 0) need n_rois, the data's ROI count."""
+    if isinstance(spec, str) and spec in EXTREMES:
+        if n_rois is None:
+            raise ValueError(f"--networks {spec} ({EXTREMES[spec]}) needs the data's ROI count; it applies to "
+                             f"training (train.py), where the map is stored in the checkpoint")
+        return np.arange(n_rois, dtype=np.int64) if spec == "rois" else np.zeros(n_rois, dtype=np.int64)
     if isinstance(spec, str) and spec == "default":
         m = default_network_map()
         if n_rois is not None and n_rois != m.size:

@@ -8,6 +8,7 @@ Read in this order:
 - `features.py`      frozen features per scan (teacher, FC, random encoder) and their on-disk cache
 - `linear_probe.py`  fit and score a linear probe on one split, repeats, paired differences
 - `report.py`        tables, JSON and plots of the probe results
+- `by_network.py`    which networks carry a label: probes with every network but one, and one, masked
 
 Imports the method (encoder.py), data/ and machine/; never a command.
 """

@@ -6,7 +6,7 @@ crop goes through the frozen teacher's `features()` (mean of the N·P output tok
 scan (one sample per scan), and `random_encoder`, a freshly initialised encoder of the checkpoint's
 config. `method_features` computes all of a probe run's features; the encoder ones are cached on
 disk per checkpoint, network map and data (machine/fileio.file_key), so probing several tasks
-extracts them once.
+extracts them once (`feature_cache`, which evaluation/by_network.py shares for its masked features).
 
     python probe.py --ckpt runs/demo/teacher.pt --task sz      # features, then the linear probe
     python embed.py --ckpt runs/demo/teacher.pt                # features written per scan
@@ -89,35 +89,50 @@ def cached(path, compute):
     return arr
 
 
-def method_features(args, setup):
-    """Per-scan features of the teacher and the baselines of a probe run (evaluation.setup.Setup) ->
-    {method: (S, K, F)}; encoder features come from (and go to) the on-disk cache."""
+def feature_cache(args, setup):
+    """The encoder features of a probe run, cached on disk per model, map, data, crops and precision ->
+    get(model_id, make_encoder, label, masked_networks=None) -> (S, K, 2D). The encoder is built only
+    on a cache miss; masked_networks (Encoder.features) is part of the key (evaluation/by_network.py),
+    and the networks of atlases the data lack (setup.data.masked_networks) are masked in every call."""
     cache_dir = (None if args.no_cache else Path(args.cache_dir) if args.cache_dir
                  else (setup.home or setup.ckpt.resolve().parent) / ".feature_cache")
     device, precision, scans = setup.device, setup.precision, setup.scans
-    print(f"  features: {'bf16 autocast' if precision == 'bf16' else 'fp32'} on {device} ({setup.precision_reason})")
-    masked = setup.data.masked_networks if setup.data is not None else None
-    common = dict(data=scans.key, crops=args.crops, masked=masked,
+    absent = list(setup.data.masked_networks or []) if setup.data is not None else []   # atlases a scan lacks
+    common = dict(data=scans.key, crops=args.crops,
                   crop_len=setup.encoder.config.crop_len, precision=precision, version=1)
 
-    def cache_path(**model):
-        key = hashlib.sha1(json.dumps({**common, **model}, sort_keys=True, default=str).encode()).hexdigest()[:20]
-        return None if cache_dir is None else cache_dir / f"{key}.npy"
+    def get(model_id, make_encoder, label, masked_networks=None):
+        # the absent atlases' networks stay masked whatever else is (by_network.py masks the others)
+        masked = sorted({int(n) for n in [*absent, *(masked_networks if masked_networks is not None else [])]}) or None
+        key = {**common, **model_id, **({"masked": masked} if masked else {})}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return cached(None if cache_dir is None else cache_dir / f"{digest}.npy",
+                      lambda: encoder_features(make_encoder(), scans, args.crops, crops_per_batch(args, device), device,
+                                               label, precision, masked))
+    return get
 
-    def extract(make_encoder, label):   # the encoder is built only on a cache miss
-        return lambda: encoder_features(make_encoder(), scans, args.crops, crops_per_batch(args, device), device,
-                                        label, precision, masked)
 
-    # the map is part of the model: --networks can map one authors' checkpoint in several ways
-    network_map = setup.meta["network_map"].numpy()
-    map_id = hashlib.sha1(network_map.tobytes()).hexdigest()
-    feats = {"teacher": cached(cache_path(model=file_key([setup.ckpt]), map=map_id),
-                               extract(lambda: setup.encoder, "teacher features"))}
+def map_id(setup):
+    """The network map is part of the model: --networks can map one authors' checkpoint in several ways."""
+    return hashlib.sha1(setup.meta["network_map"].numpy().tobytes()).hexdigest()
+
+
+def teacher_id(setup):
+    return dict(model=file_key([setup.ckpt]), map=map_id(setup))
+
+
+def method_features(args, setup):
+    """Per-scan features of the teacher and the baselines of a probe run (evaluation.setup.Setup) ->
+    {method: (S, K, F)}; encoder features come from (and go to) the on-disk cache."""
+    print(f"  features: {'bf16 autocast' if setup.precision == 'bf16' else 'fp32'} on {setup.device} "
+          f"({setup.precision_reason})")
+    get = feature_cache(args, setup)
+    feats = {"teacher": get(teacher_id(setup), lambda: setup.encoder, "teacher features")}
     if "random" in setup.baselines:
         model_id = dict(model="random", seed=0, config=setup.meta["encoder_config"], torch=torch.__version__,
-                        map=map_id)
-        feats["random"] = cached(cache_path(**model_id), extract(partial(random_encoder, setup.encoder, network_map),
-                                                                 "random-encoder features"))
+                        map=map_id(setup))
+        network_map = setup.meta["network_map"].numpy()
+        feats["random"] = get(model_id, partial(random_encoder, setup.encoder, network_map), "random-encoder features")
     if "fc" in setup.baselines:
-        feats["fc"] = fc_features(scans)
+        feats["fc"] = fc_features(setup.scans)
     return feats

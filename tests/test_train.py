@@ -104,6 +104,7 @@ def test_every_option_has_a_flag_and_every_flag_an_option():
     assert {k: a.choices for k, a in actions.items() if a.choices} == {
         "preset": ["paper", "demo"], "layout": ["SCT", "STC"], "precision": ["auto", "fp32", "bf16"],
         "compile": ["auto", "on", "off"], "init": ["authors", "dino"], "weight_decay_params": ["all", "dino"],
+        "mask_type": ["slice", "random"], "tokenizer": ["semantic", "linear"],
         "kernels": list(kernels.KERNEL_MODES)}
     p.format_help()                                     # every help string formats (a bare % would not)
 

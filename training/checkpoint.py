@@ -324,7 +324,8 @@ def import_authors(obj, network_map=None, path="checkpoint"):
 
 # ----------------------------------------------------------------------------- starting a run from a model
 
-ARCHITECTURE = ("dim", "depth", "heads", "mlp_ratio", "patch_len", "crop_len", "n_scales", "proj_hidden", "proj_dim")
+ARCHITECTURE = ("dim", "depth", "heads", "mlp_ratio", "patch_len", "crop_len", "n_scales", "proj_hidden", "proj_dim",
+                "tokenizer")
 
 
 def load_init(path, network_map=None):
@@ -356,7 +357,8 @@ def check_architecture(run_config, ckpt_config, path, run_map, ckpt_map):
             for k in ARCHITECTURE if getattr(ckpt_config, k) != getattr(run_config, k)]
     if diff:
         raise ValueError(f"--init-from {path}: the model does not match this run's architecture ({'; '.join(diff)}). "
-                         f"Choose the --preset (or --dim/--depth/--heads/--proj-hidden) the checkpoint was trained with")
+                         f"Choose the --preset (or --dim/--depth/--heads/--proj-hidden/--tokenizer) the checkpoint "
+                         f"was trained with")
     if not np.array_equal(run_map, ckpt_map):
         raise ValueError(f"--init-from {path}: the checkpoint was trained with another ROI -> network map "
                          f"({len(ckpt_map)} ROIs, {int(ckpt_map.max()) + 1} networks); pass that map with --networks")

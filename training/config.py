@@ -21,7 +21,8 @@ from data.load import check_no_data_options
 from encoder import EncoderConfig
 import kernels
 from machine import runtime
-from tokenizer import INITS
+from masking import MASK_TYPES
+from tokenizer import INITS, TOKENIZERS
 from training.trainer import WEIGHT_DECAY_POLICIES
 
 PRESET_TRAINING = {  # training defaults a preset brings along (anything given on the command line wins)
@@ -53,6 +54,7 @@ class TrainConfig:
     heads: Optional[int] = None
     proj_hidden: Optional[int] = None
     init: str = "authors"
+    tokenizer: str = "semantic"     # ablation: "linear" (the paper's linear-projection row)
     # --- optimisation (SPEC §7-8)
     batch_size: Optional[int] = None
     epochs: int = 100
@@ -64,9 +66,11 @@ class TrainConfig:
     weight_decay_params: str = "all"
     ema_momentum: float = 0.99
     ttr_weight: float = 0.5
-    ttr_epochs: float = 5.0
+    ttr_epochs: float = 5.0         # inf: L_TTR at full weight the whole run (the paper's "always on" row)
+    cls_weight: float = 1.0         # ablation: 0 removes L_CLS
     tok_weight: float = 0.5
     mask_prob: float = 0.5
+    mask_type: str = "slice"        # ablation: "random" (the paper's random-masking row)
     eps: float = 0.05
     clip_grad: float = 1.0
     init_from: Optional[str] = None
@@ -111,7 +115,11 @@ def _data_options(g):
         (default: the data are taken to be at 2.0 s)""")
     g.add_argument("--networks", type=str, help=f"""ROI -> network map: default (SPEC §2, the paper's 457 ROIs),
         FILE (.txt/.csv/.npy, one network id per ROI) for another atlas, or auto:K to cluster the data's group FC
-        into K networks when your atlas comes without one. (default: {TrainConfig.networks})""")
+        into K networks when your atlas comes without one. Two ablations, as the authors' max_spatial and
+        min_spatial: rois = every ROI its own network (C·P tokens: 2,285 instead of 45 for 457 ROIs, so
+        attention costs ~2,600x and the rest ~50x per step, and a tokenizer per ROI), one = a single network
+        of all ROIs (P = 5 tokens, one tokenizer; no network masking, only time blocks).
+        (default: {TrainConfig.networks})""")
     g.add_argument("--atlases", type=str, help="""For an array or folder with only some of the release's atlases:
         which, e.g. schaefer400,tian3. The absent atlases' networks are masked in every patch and take no loss
         (an .h5 in the authors' layout says itself which it holds). (default: all three)""")
@@ -130,6 +138,9 @@ def _model_options(g):
     g.add_argument("--proj-hidden", type=int, help="Hidden width of the projection head, instead of 1024 (SPEC §6).")
     g.add_argument("--init", type=str, choices=list(INITS), help=f"""Initialisation: authors (as the published run) or dino
         (trunc-normal(0.02) Linears, zero biases). (default: {TrainConfig.init})""")
+    g.add_argument("--tokenizer", type=str, choices=list(TOKENIZERS), help=f"""semantic: the per-network conv
+        tokenizer (SPEC §3). linear removes it (paper's ablation: partial collapse, CLS cosine ~0.95): one
+        Linear(R_n·L -> D) per network on each patch, the same token grid. (default: {TrainConfig.tokenizer})""")
 
 
 def _optimisation_options(g):
@@ -156,11 +167,17 @@ def _optimisation_options(g):
     g.add_argument("--ttr-weight", type=float, help=f"Weight of L_TTR at step 0, cosine down to 0 over --ttr-epochs. "
                    f"0 turns L_TTR off. (default: {TrainConfig.ttr_weight})")
     g.add_argument("--ttr-epochs", type=float, help=f"""L_TTR's window, as a share of --epochs like the warm-up (5 of
-        100 = 5%% of the steps). (default: {TrainConfig.ttr_epochs})""")
+        100 = 5%% of the steps). inf keeps L_TTR at --ttr-weight for the whole run (the paper's "L_TTR always
+        on" ablation: 49.60 against 52.39). (default: {TrainConfig.ttr_epochs})""")
+    g.add_argument("--cls-weight", type=float, help=f"""Weight of L_CLS; 0 removes it (the paper's ablation: 47.32
+        against 52.39), L_TTR and L_Tok stay. (default: {TrainConfig.cls_weight})""")
     g.add_argument("--tok-weight", type=float,
                    help=f"Weight of L_Tok, the masked-token loss. (default: {TrainConfig.tok_weight})")
-    g.add_argument("--mask-prob", type=float, help=f"""Share of batches that are slice-masked (the others see full
+    g.add_argument("--mask-prob", type=float, help=f"""Share of batches that are masked (the others see full
         input and have no L_Tok). (default: {TrainConfig.mask_prob})""")
+    g.add_argument("--mask-type", type=str, choices=list(MASK_TYPES), help=f"""slice: whole networks or whole time
+        blocks (SPEC §4). random removes that structure (the paper's ablation: 51.03 against 52.39): each
+        token masked on its own at the same ratio U(0.65, 0.85). (default: {TrainConfig.mask_type})""")
     g.add_argument("--eps", type=float,
                    help=f"The coding-rate epsilon of the MCR losses (SPEC §7). (default: {TrainConfig.eps})")
     g.add_argument("--clip-grad", type=float, help=f"Gradient-norm clip. (default: {TrainConfig.clip_grad})")
@@ -225,7 +242,7 @@ def resolve_config(given: dict) -> TrainConfig:
 RANGES = [*((k, 1, None, False) for k in ("batch_size", "epochs", "steps", "log_every", "ckpt_every", "dim", "depth",
                                           "heads", "proj_hidden")),
           *((k, 0, None, False) for k in ("eval_scans", "warmup_epochs", "ttr_epochs", "ttr_weight", "tok_weight",
-                                          "weight_decay", "weight_decay_end", "lr")),   # lr 0: weights stay (tests)
+                                          "cls_weight", "weight_decay", "weight_decay_end", "lr")),   # lr 0: weights stay (tests)
           *((k, 0, None, True) for k in ("eps", "clip_grad")),
           ("mask_prob", 0, 1, False), ("ema_momentum", 0, 1, False)]
 
@@ -241,5 +258,6 @@ def _check_ranges(cfg):
 
 def encoder_config(cfg: TrainConfig) -> EncoderConfig:
     enc = EncoderConfig.preset(cfg.preset)
-    over = {k: getattr(cfg, k) for k in ("dim", "depth", "heads", "proj_hidden", "init") if getattr(cfg, k) is not None}
+    over = {k: getattr(cfg, k) for k in ("dim", "depth", "heads", "proj_hidden", "init", "tokenizer")
+            if getattr(cfg, k) is not None}
     return dataclasses.replace(enc, **over)

@@ -16,6 +16,7 @@ checkpoints between steps (SPEC §6-8). train.py is the driver that sets it up a
     python -m pytest -q tests/test_train.py tests/test_authors.py
 """
 import json
+import math
 import os
 import sys
 import time
@@ -28,7 +29,7 @@ import torch.nn as nn
 from losses import build_models, compute_losses, ema_update
 from machine import runtime, seeding
 from machine.fileio import atomic_write
-from masking import slice_mask
+from masking import make_mask
 from training import checkpoint
 from training.monitor import collapse_warning
 from training.schedules import ema_momentum_at, lr_at, ttr_weight_at, warmup_steps, weight_decay_at
@@ -66,7 +67,8 @@ class Trainer:
         self.cfg, self.batches, self.total, self.device, self.rank, self.world = cfg, batches, total, device, rank, world
         self.local_b = cfg.batch_size // world
         self.warmup = warmup_steps(total, cfg.warmup_epochs, cfg.epochs)
-        self.ttr_steps = warmup_steps(total, cfg.ttr_epochs, cfg.epochs)  # L_TTR's window, in epochs as theirs
+        # L_TTR's window, in epochs as theirs; inf: the whole run at full weight (ttr_weight_at(step, inf) = weight)
+        self.ttr_steps = math.inf if math.isinf(cfg.ttr_epochs) else warmup_steps(total, cfg.ttr_epochs, cfg.epochs)
         self.peak_lr = cfg.lr * cfg.batch_size / 256
         self.student, self.teacher = build_models(enc_cfg, network_map, cfg.seed)
         self.student.encoder.grad_checkpointing = cfg.grad_checkpoint   # the teacher has no backward
@@ -115,7 +117,7 @@ class Trainer:
         masked = self.masked_at(step)
         if masked:
             self.mask_gen.manual_seed(seeding.torch_seed(cfg.seed, 2, step, self.rank))
-            mask = slice_mask(2 * b, N, P, generator=self.mask_gen, device=self.device)  # (2b, N, P)
+            mask = make_mask(cfg.mask_type, 2 * b, N, P, generator=self.mask_gen, device=self.device)  # (2b, N, P)
         elif self.world > 1:  # an all-False mask keeps the mask embedding in DDP's graph (no find_unused_parameters)
             mask = torch.zeros(2 * b, N, P, dtype=torch.bool, device=self.device)
         else:
@@ -136,7 +138,7 @@ class Trainer:
             if g["apply_wd"]:
                 g["weight_decay"] = wd
         r = compute_losses(self.fwd_student, self.fwd_teacher, x1, x2, mask, ttr_w, self.cfg.tok_weight,
-                           self.cfg.eps, self.precision, masked)
+                           self.cfg.eps, self.precision, masked, self.cfg.cls_weight)
         self.opt.zero_grad(set_to_none=True)
         r["loss"].backward()
         r["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.s_params, self.cfg.clip_grad, foreach=True)
