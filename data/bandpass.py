@@ -20,8 +20,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import signal
 
-from data.scans import TR
-from machine.progress import Progress
+from data.scans import TR, equal_length_chunks
 
 ORDER = 5                    # example.ipynb: bandpass_filter(..., order=5)
 NYQUIST = 0.5 / TR           # 0.25 Hz on the 2.0 s grid
@@ -75,20 +74,12 @@ def bandpass_array(data, lengths, low, high, names=None):
                          + (f" ({len(short)} such scans)" if len(short) > 1 else ""))
     S, C, T = data.shape
     out = np.full((S, C, T), np.nan, dtype=data.dtype)
-    progress = Progress(S, f"band-pass {low:g}-{high:g} Hz", min_total=200)
-    done = 0
-    for n in np.unique(lengths):
-        group = np.flatnonzero(lengths == n)
-        step = max(1, (64 << 20) // (C * n * 8))
-        for g0 in range(0, len(group), step):
-            idx = group[g0:g0 + step]
-            x = np.asarray(data[idx], dtype=np.float64)[:, :, :n]          # (b, C, n)
-            uncovered = np.isnan(x).all(-1)                                 # (b, C): no coverage, stays NaN
-            y = filter_scans(np.nan_to_num(x), low, high)
-            y[uncovered] = np.nan
-            out[idx, :, :n] = y
-            done += len(idx)
-            progress.update(done)
+    for idx, n in equal_length_chunks(lengths, C, f"band-pass {low:g}-{high:g} Hz"):
+        x = np.asarray(data[idx], dtype=np.float64)[:, :, :n]              # (b, C, n)
+        uncovered = np.isnan(x).all(-1)                                     # (b, C): no coverage, stays NaN
+        y = filter_scans(np.nan_to_num(x), low, high)
+        y[uncovered] = np.nan
+        out[idx, :, :n] = y
     return out
 
 

@@ -225,15 +225,22 @@ def resample_array(data, lengths, tr):
     S, C, _ = data.shape
     new_len = np.rint(lengths * tr / TR).astype(np.int64)
     out = np.full((S, C, max(1, new_len.max())), np.nan, dtype=data.dtype)   # (S, C, T_new)
-    progress = Progress(S, "resampling to TR 2.0 s", min_total=200)
+    for idx, n in equal_length_chunks(lengths, C, "resampling to TR 2.0 s"):
+        y = resample(np.asarray(data[idx][:, :, :n], dtype=np.float32), tr)   # (b, C, n_new)
+        out[idx, :, :y.shape[-1]] = y
+    return out, new_len
+
+
+def equal_length_chunks(lengths, n_rois, what):
+    """(scan indices, their length n) in chunks of scans of one length, ~64 MB of float64 each, so that
+    a per-length operator (resampling, the band-pass matrix) runs on many scans at once; progress as `what`."""
+    progress = Progress(len(lengths), what, min_total=200)
     done = 0
     for n in np.unique(lengths):
         group = np.flatnonzero(lengths == n)
-        step = max(1, (64 << 20) // (C * n * 8))
+        step = max(1, (64 << 20) // (n_rois * n * 8))
         for g0 in range(0, len(group), step):
             idx = group[g0:g0 + step]
-            y = resample(np.asarray(data[idx][:, :, :n], dtype=np.float32), tr)   # (b, C, n_new)
-            out[idx, :, :y.shape[-1]] = y
+            yield idx, int(n)
             done += len(idx)
             progress.update(done)
-    return out, new_len

@@ -16,7 +16,7 @@ from masking import make_mask, random_mask, slice_mask
 from tokenizer import LinearTokenizer, SemanticTokenizer
 from training import checkpoint
 from training.schedules import ttr_weight_at
-from test_train import run_main, small_args
+from test_train import run_main, small, small_args  # noqa: F401 -- small: the module-scoped cohort fixture
 
 
 def _enc_cfg(**over):
@@ -163,14 +163,6 @@ def test_ttr_epochs_inf_keeps_l_ttr_on_for_the_whole_run():
 
 SWITCHES = ["--cls-weight", "0", "--mask-type", "random", "--tokenizer", "linear", "--ttr-epochs", "inf",
             "--mask-prob", "1"]
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    d = tmp_path_factory.mktemp("small")
-    synthetic.make_synthetic_cohort(d, n_pretrain_subjects=12, scans_per_subject=2, n_probe=4,
-                                    length_range=(100, 140), network_map=SMALL_MAP)
-    return d
 
 
 def test_switches_are_stored_and_resume_keeps_them(small, tmp_path, capsys):
