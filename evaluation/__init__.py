@@ -1,5 +1,5 @@
 """Judging a pretrained model: frozen features, the linear probe, and the reports (SPEC §9).
-probe.py and embed.py drive it.
+probe.py, embed.py and finetune.py drive it.
 
 Read in this order:
 
@@ -8,6 +8,7 @@ Read in this order:
 - `features.py`      frozen features per scan (teacher, FC, random encoder) and their on-disk cache
 - `linear_probe.py`  fit and score a linear probe on one split, repeats, paired differences
 - `report.py`        tables, JSON and plots of the probe results
+- `finetune.py`      fine-tuning the encoder + a head on one split and on every split (finetune.py's loop)
 
 Imports the method (encoder.py), data/ and machine/; never a command.
 """
