@@ -193,3 +193,13 @@ def test_bad_inputs(ckpt, tmp_path, capsys):
     assert "not a Brain-Semantoks" in err
     assert "--freeze-epochs 3 leaves no epoch" in _error(ok + ["--epochs", "3", "--freeze-epochs", "3"], capsys)
     assert "--hidden-dims must be comma-separated" in _error(ok + ["--hidden-dims", "a,b"], capsys)
+
+
+def test_finetuning_augmentation_keeps_every_roi():
+    """The authors' fine-tuning augments as pretraining does, less the ROI drop."""
+    from data.preprocess import augment
+    x = torch.ones(16, 40, 100)
+    kept = augment(x.clone(), torch.Generator().manual_seed(0), drop_rois=False).mean(-1)   # (B, C)
+    dropped = augment(x.clone(), torch.Generator().manual_seed(0)).mean(-1)
+    assert kept.min() > 0.4                               # at most 30 % of time zeroed, scale >= 0.8
+    assert (dropped.abs() < 0.1).sum(1).min() >= 1        # pretraining zeroes at least one ROI per crop
