@@ -18,7 +18,8 @@ so the numbers pair):
 
 Report: one table (mean ± std over repeats, fine-tuned − each other method on the same splits with the
 splits it wins), finetune_<task>.json in probe.py's layout (methods -> summary -> metric -> mean; every
-repeat with its training curves: train loss and val metrics per epoch) and a PNG beside the checkpoint.
+repeat with its training curves: train loss and val metrics per epoch), a PNG of the table and one of
+the curves (finetune_<task>_curves.png) beside the checkpoint.
 
 Defaults follow the authors' fine-tuning run; FinetuneConfig (evaluation/finetune.py) names the line
 of their code behind each. --preset demo (chosen automatically for a checkpoint of the demo
@@ -121,7 +122,9 @@ def run(args):
         setup.seeds = list(range(DEMO_REPEATS))
     if preset == "demo":
         print(f"Preset demo (a checkpoint of the demo architecture): {cfg.epochs} epochs (the authors' "
-              f"{FinetuneConfig.epochs}), {len(setup.seeds)} repeats (10); --preset paper for the authors' run")
+              f"{FinetuneConfig.epochs}), {len(setup.seeds)} repeat(s) (10), lr {cfg.lr:g} "
+              f"{'not scaled' if cfg.lr_scale == 'none' else 'scaled'} by batch/256 (theirs is); "
+              f"--preset paper for the authors' run")
     env = dict(setup=setup, cfg=cfg, preset=preset, per_batch=options.crops_per_batch(probe_args, setup.device))
     if args.task == ALL:
         return run_all(args, probe_args, env)
@@ -138,8 +141,9 @@ def run(args):
                       "n_missing": task.n_missing, "notes": task.notes},
            "std": "over repeats, ddof 0", "methods": results, "finetuned_minus_baseline": paired}
     title = f"{task.name} ({'synthetic' if setup.synthetic else setup.data_path.name}), {len(setup.seeds)} repeats"
-    report.save(rep, _out_path(args, setup, f"finetune_{safe}.json"),
-                lambda png: report.plot_results(results, task, png, title))
+    report.save(rep, _out_path(args, setup, f"finetune_{safe}.json"), lambda png: (
+        report.plot_results(results, task, png, title),
+        report.plot_curves(results, task, png.with_name(png.stem + "_curves.png"), title)))
     return rep
 
 

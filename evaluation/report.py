@@ -5,7 +5,7 @@ table, mean ± std over the repeats, and teacher − baseline on the same splits
 (bars per method, the teacher's confusion matrix for classes). Every task (`--task all`):
 `format_all_table` (one row per task) and `plot_all` (a dot plot, a row per task). `save` writes
 probe_<task>.json (or probe_all.json) and the PNG beside it; NaN (e.g. an AUROC of a split that
-lacks a class) is written as null.
+lacks a class) is written as null. Fine-tuning (finetune.py) adds `plot_curves`, its training curves.
 
     python probe.py --ckpt runs/demo/teacher.pt --task all      # every label: table, JSON, PNG
 """
@@ -224,6 +224,30 @@ def plot_results(results, task, path, title):
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title("pretrained teacher, test subjects summed over repeats", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(results, task, path, title):
+    """Fine-tuning curves (finetune.py): train loss and the val metric per epoch, every repeat of
+    every fine-tuned method (results: {method: run_finetune result}), the tested epoch marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    metric = "balanced_accuracy" if task.kind == "classification" else "mae"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for j, (name, res) in enumerate((n, r) for n, r in results.items() if "curves" in r["repeats"][0]):
+        for i, rep in enumerate(res["repeats"]):
+            c = rep["curves"]
+            label = METHOD_TITLES[name] if i == 0 else None
+            axes[0].plot(c["train_loss"], color=f"C{j}", lw=1, alpha=0.7, label=label)
+            axes[1].plot([v[metric] for v in c["val"]], color=f"C{j}", lw=1, alpha=0.7, label=label)
+            axes[1].plot(rep["epoch"], rep["val"][metric], "o", color=f"C{j}", ms=4)
+    axes[0].set(xlabel="epoch", ylabel="train loss")
+    axes[1].set(xlabel="epoch", ylabel=f"val {METRIC_TITLES[metric].replace(' (%)', '')} (dot: the tested epoch)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -69,7 +69,7 @@ def test_end_to_end_classification_and_regression_pair_with_the_linear_probe(ckp
              for a, b in zip(saved["methods"]["finetuned"]["repeats"], saved["methods"]["probe"]["repeats"])]
     assert d["mean"] == pytest.approx(np.mean(diffs)) and d["repeats"] == 2
     assert saved["config"]["finetune"]["epochs"] == 2 and saved["config"]["preset"] == "paper"
-    assert out.with_suffix(".png").stat().st_size > 0
+    assert out.with_suffix(".png").stat().st_size > 0 and (tmp_path / "dx_curves.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "teacher, fine-tuned" in printed and "split 2/2" in printed and "ETA" in printed
 
