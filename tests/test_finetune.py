@@ -203,3 +203,15 @@ def test_finetuning_augmentation_keeps_every_roi():
     dropped = augment(x.clone(), torch.Generator().manual_seed(0)).mean(-1)
     assert kept.min() > 0.4                               # at most 30 % of time zeroed, scale >= 0.8
     assert (dropped.abs() < 0.1).sum(1).min() >= 1        # pretraining zeroes at least one ROI per crop
+
+
+def test_task_all_one_table_with_every_label(ckpt, tmp_path, capsys):
+    data = _cohort(tmp_path)
+    argv = ["--ckpt", str(ckpt), "--task", "all", "--seeds", "0", "--baselines", "none",
+            "--out", str(tmp_path / "all.json")] + data + FAST
+    rep = finetune.main(argv + ["--epochs", "1"])
+    assert set(rep["tasks"]) == {"dx", "age"} and rep["skipped"] == {}
+    for t in rep["tasks"].values():
+        assert set(t["methods"]) == {"finetuned", "probe"} and "probe" in t["finetuned_minus_baseline"]
+    assert "fine-tuned − linear probe" in capsys.readouterr().out
+    assert (tmp_path / "all.png").stat().st_size > 0
