@@ -56,9 +56,9 @@ class FinetuneConfig:
     class_weights: str = "none"     # plain cross-entropy (finetune.py:508); "balanced": weights n/(k·n_c) on train
     regression_loss: str = "l1"     # L1Loss (finetune.py:508), val chosen on MAE (:474); "mse". Targets standardised
                                     #   on train (theirs are raw: a 2e-5 head at lr 6e-6 never reaches an age)
-    eval_crops: str = "random"      # val: 1 random crop of a random scan per subject, test: `crops` random crops
-                                    #   (finetune.py:145, :180; dataset.py:256, :268); "even": every scan's `crops`
-                                    #   evenly spaced crops at val and test, as the linear probe's
+    eval_crops: str = "random"      # val: 1 random crop of a random scan per subject, drawn anew each epoch;
+                                    #   test: `crops` random crops (finetune.py:145, :180; dataset.py:256, :268);
+                                    #   "even": every scan's `crops` evenly spaced crops, as the linear probe's
     crops: int = 8                  # test_time_crops (example_config.yaml:173); their logits averaged (:627-631)
     keep: str = "best"              # the best val epoch's weights are tested, as their code means to; "last": what
                                     #   it does (finetune.py:485 keeps state_dict() by reference, not a copy)
@@ -80,7 +80,8 @@ def check_config(cfg):
     if cfg.epochs < 1:
         raise ValueError(f"--epochs must be at least 1 (got {cfg.epochs})")
     if cfg.batch_size < 2:
-        raise ValueError(f"--batch-size must be at least 2: the head's BatchNorm needs two samples (got {cfg.batch_size})")
+        raise ValueError(f"--batch-size must be at least 2: the head's BatchNorm needs two samples "
+                         f"(got {cfg.batch_size})")
     if cfg.lr < 0 or cfg.weight_decay < 0 or cfg.grad_clip < 0 or cfg.encoder_lr_mult < 0:
         raise ValueError("--lr, --weight-decay, --grad-clip and --encoder-lr-mult must not be negative")
     if not 0 < cfg.layer_decay <= 1:
@@ -240,12 +241,13 @@ def fit_split(encoder, task, split, scans, cfg, seed, device="cpu", precision="f
     on split = (train, val, test) subject indices; choose the epoch on val; score test once."""
     train, val, test = split
     run = _Run(encoder, task, train, scans, cfg, seed, device, precision)
-    val_plan = eval_plan(scans, task, run.by_subject, val, cfg.crops if cfg.eval_crops == "even" else 1,
-                         cfg.eval_crops, run.crop_len, run.eval_rng)
     curves, best, wait = {"train_loss": [], "val": []}, None, 0
     progress = Progress(cfg.epochs, f"  {label}", "epochs")
     for epoch in range(cfg.epochs):
         curves["train_loss"].append(run.epoch(epoch, train))
+        # "random": their loader draws the val scan and crop anew every epoch (dataset.py:256, :268)
+        val_plan = eval_plan(scans, task, run.by_subject, val, cfg.crops if cfg.eval_crops == "even" else 1,
+                             cfg.eval_crops, run.crop_len, seeding.rng(seed, EVAL_STREAM, epoch))
         m_val = score(run.predict(val_plan, len(val), per_batch), task.y[val], task, run.target)
         curves["val"].append(m_val)
         progress.update(epoch + 1)
@@ -261,7 +263,8 @@ def fit_split(encoder, task, split, scans, cfg, seed, device="cpu", precision="f
         chosen = best[:2]
     else:
         chosen = (epochs_run - 1, curves["val"][-1])
-    test_plan = eval_plan(scans, task, run.by_subject, test, cfg.crops, cfg.eval_crops, run.crop_len, run.eval_rng)
+    test_plan = eval_plan(scans, task, run.by_subject, test, cfg.crops, cfg.eval_crops, run.crop_len,
+                          seeding.rng(seed, EVAL_STREAM, cfg.epochs))
     p_test = run.predict(test_plan, len(test), per_batch)
     res = {"n_train": int(len(train)), "n_val": int(len(val)), "n_test": int(len(test)), "lr": run.lr,
            "epoch": int(chosen[0]), "epochs_run": epochs_run, "val": chosen[1],
@@ -277,7 +280,8 @@ class _Run:
 
     def __init__(self, encoder, task, train, scans, cfg, seed, device, precision):
         self.task, self.scans, self.cfg, self.seed = task, scans, cfg, seed
-        self.dev, self.device, self.precision, self.crop_len = torch.device(device), device, precision, encoder.config.crop_len
+        self.dev, self.device, self.precision = torch.device(device), device, precision
+        self.crop_len = encoder.config.crop_len
         classify = task.kind == "classification"
         self.target = (0.0, 1.0) if classify else (float(task.y[train].mean()), float(task.y[train].std()) or 1.0)
         self.y = torch.as_tensor(task.y if classify else (task.y - self.target[0]) / self.target[1],
@@ -292,7 +296,6 @@ class _Run:
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg, self.lr))
         self.loss_fn = _loss_fn(cfg, task, task.y[train])
         self.by_subject = subject_scans(task)
-        self.eval_rng = seeding.rng(seed, EVAL_STREAM)
         self.gen = torch.Generator(self.dev)
 
     def epoch(self, epoch, train):

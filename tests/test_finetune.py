@@ -16,7 +16,8 @@ from training.checkpoint import save_teacher
 
 NET_MAP = np.repeat(np.arange(3), 4)          # 12 ROIs in 3 networks
 CFG = EncoderConfig(dim=32, depth=2, heads=2, crop_len=40, patch_len=20, proj_hidden=32, proj_dim=16)
-FAST = ["--precision", "fp32", "--epochs", "2", "--batch-size", "4", "--split", "2:1:1", "--no-cache", "--max-iter", "100"]
+FAST = ["--precision", "fp32", "--epochs", "2", "--batch-size", "4", "--split", "2:1:1", "--no-cache",
+        "--max-iter", "100"]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,8 @@ def test_layer_wise_lr_decay_gives_each_group_its_rate():
         cfg = ft.FinetuneConfig(layer_decay=d, tokenizer_lr=tokenizer_lr)
         rate = {id(p): (g["lr"], g["weight_decay"]) for g in ft.param_groups(model, cfg, lr) for p in g["params"]}
         params = dict(enc.named_parameters())
-        expect = {"cls_token": d ** (L + 1), "network_embed": d ** (L + 1), "tokenizer.dense_weight": d ** (L + 1 - tok_layer),
+        expect = {"cls_token": d ** (L + 1), "network_embed": d ** (L + 1),
+                  "tokenizer.dense_weight": d ** (L + 1 - tok_layer),
                   "blocks.0.attn.qkv.weight": d ** (L - 1), "blocks.1.mlp.0.weight": 1.0, "norm.weight": 1.0}
         for name, mult in expect.items():
             assert rate[id(params[name])][0] == pytest.approx(lr * mult), name
