@@ -23,7 +23,7 @@ the curves (finetune_<task>_curves.png) beside the checkpoint.
 
 Defaults follow the authors' fine-tuning run; FinetuneConfig (evaluation/finetune.py) names the line
 of their code behind each. --preset demo (chosen automatically for a checkpoint of the demo
-architecture) runs fewer epochs and repeats, and says so.
+architecture) runs fewer epochs at an unscaled lr, and says so.
 """
 import argparse
 import re
@@ -33,8 +33,7 @@ from pathlib import Path
 
 from encoder import EncoderConfig
 from evaluation import features, options, report
-from evaluation.finetune import (CHOICES, DEMO_REPEATS, PRESETS, FinetuneConfig, check_config, check_finetunable,
-                                 run_finetune)
+from evaluation.finetune import CHOICES, PRESETS, FinetuneConfig, check_config, check_finetunable, run_finetune
 from evaluation.linear_probe import PRIMARY, paired_differences, run_probe
 from evaluation.setup import ALL, add_task_arguments, cohort, load_all_tasks, load_task, prepare
 from machine.cli import cli
@@ -53,10 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--task", required=True, help="label column to predict, or 'all': every column in one table")
     options.add_data_arguments(p)
     add_task_arguments(p)
-    p.set_defaults(repeats=None)        # the preset decides unless given
     p.add_argument("--preset", default="auto", choices=["auto", "paper", "demo"],
-                   help="paper: the authors' run; demo: fewer epochs and repeats; auto: demo for a checkpoint of "
-                        "the demo architecture, else paper (default %(default)s)")
+                   help="paper: the authors' run; demo: 20 epochs, lr not scaled by batch/256; auto: demo for a "
+                        "checkpoint of the demo architecture, else paper (default %(default)s)")
     p.add_argument("--baselines", default="random", help="comma list of random (the random-init encoder "
                    "fine-tuned), fc (the FC linear probe); or none (default %(default)s)")
     d = FinetuneConfig()
@@ -112,17 +110,14 @@ def run(args):
     make_config(args, "paper")                                    # flag errors before any file is read
     if args.max_iter < 1:
         raise ValueError(f"--max-iter must be at least 1 (got {args.max_iter})")
-    repeats_given = args.repeats is not None or args.seeds is not None
     # the probe side reads --batch-size as crops per forward pass: leave it its own default
-    probe_args = argparse.Namespace(**{**vars(args), "batch_size": None, "repeats": args.repeats or 10})
+    probe_args = argparse.Namespace(**{**vars(args), "batch_size": None})
     setup = prepare(probe_args)
     preset = resolve_preset(args.preset, setup.meta)
     cfg = make_config(args, preset)
-    if preset == "demo" and not repeats_given:
-        setup.seeds = list(range(DEMO_REPEATS))
     if preset == "demo":
         print(f"Preset demo (a checkpoint of the demo architecture): {cfg.epochs} epochs (the authors' "
-              f"{FinetuneConfig.epochs}), {len(setup.seeds)} repeat(s) (10), lr {cfg.lr:g} "
+              f"{FinetuneConfig.epochs}), lr {cfg.lr:g} "
               f"{'not scaled' if cfg.lr_scale == 'none' else 'scaled'} by batch/256 (theirs is); "
               f"--preset paper for the authors' run")
     env = dict(setup=setup, cfg=cfg, preset=preset, per_batch=options.crops_per_batch(probe_args, setup.device))

@@ -69,7 +69,6 @@ class FinetuneConfig:
 # B/256: at their 6.25e-6, 120 steps on 92 train subjects leave the head at chance (measured: best val
 # epoch 1, test 50.0 % on mech_global; 1e-4 unscaled: 77.7 % after 10 epochs, the linear probe 75.5 %)
 PRESETS = {"paper": {}, "demo": {"epochs": 20, "lr_scale": "none"}}
-DEMO_REPEATS = 5                                    # the demo preset's repeats (the paper's: 10)
 
 
 def check_config(cfg):
