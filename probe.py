@@ -50,7 +50,7 @@ from pathlib import Path
 
 from evaluation import by_network, features, options, report
 from evaluation.linear_probe import PRIMARY, paired_differences, run_probe
-from evaluation.setup import ALL, add_task_arguments, cohort, load_all_tasks, load_task, prepare
+from evaluation.setup import ALL, add_task_arguments, cohort, load_all_tasks, load_task, out_path, prepare
 from machine.cli import cli
 from machine.fileio import check_writable
 from training import release
@@ -119,7 +119,7 @@ def run(args):
     paired = paired_differences(results, task.kind)
     report.print_results(task, results, paired, cohort(setup), len(setup.seeds))   # report
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task.name)
-    out = _out_path(args, setup, f"probe_{safe}.json")
+    out = out_path(args, setup, f"probe_{safe}.json")
     rep = {
         "task": task.name, "kind": task.kind, "classes": task.classes, "synthetic": setup.synthetic,
         "config": {**report.run_config(args, setup), "n_subjects": len(task.y), "n_scans": int(len(task.scans)),
@@ -148,7 +148,7 @@ def run_all(args, setup):
     print(f"\nEvery task on {cohort(setup)}: test subjects, mean ± std over {len(setup.seeds)} repeats; "
           f"teacher − baseline on the same splits (teacher better in k of n)")
     print(report.format_all_table(probed))
-    out = _out_path(args, setup, "probe_all.json")
+    out = out_path(args, setup, "probe_all.json")
     rep = {"task": ALL, "synthetic": setup.synthetic, "config": report.run_config(args, setup),
            "std": "over repeats, ddof 0", "tasks": probed, "skipped": skipped}
     title = (f"every task ({'synthetic' if setup.synthetic else setup.data_path.name}), "
@@ -163,10 +163,6 @@ def run_all(args, setup):
 def _by_network_path(out):
     return out.with_name(out.stem + "_by_network.json")
 
-
-def _out_path(args, setup, default_name):
-    """--out, else `default_name` beside the checkpoint."""
-    return Path(args.out) if args.out else setup.home / default_name
 
 
 def main(argv=None):

@@ -48,18 +48,21 @@ def zscore(x, lengths, eps=EPS) -> torch.Tensor:
     return xc.div_(std + eps)
 
 
-def augment(x, generator=None) -> torch.Tensor:
+def augment(x, generator=None, drop_rois=True) -> torch.Tensor:
     """The four SPEC §1 augmentations, drawn independently per sample (crop).
 
     x (B, C, T') -> (B, C, T') float32: zero k = max(1, ⌊C·U(0,0.1)⌋) random ROIs; zero a
     contiguous run of max(1, ⌊T'·U(0,0.3)⌋) time points at a uniform start; multiply by
-    U(0.8, 1.2); add N(0, 0.1²) noise. All draws come from `generator` (on x's device)."""
+    U(0.8, 1.2); add N(0, 0.1²) noise. All draws come from `generator` (on x's device).
+    drop_rois=False skips the ROI drop, as the authors' fine-tuning does (their augment_level [0, 1, 1, 1])."""
     B, C, T = x.shape
     kw = dict(generator=generator, device=x.device)
-    k = (C * 0.1 * torch.rand(B, **kw)).floor().long().clamp(1, C)              # (B,) ROIs to drop
-    r = torch.rand(B, C, **kw)
-    kth = r.sort(dim=1).values.gather(1, (k - 1)[:, None])                      # (B, 1) k-th smallest
-    keep_roi = r > kth                                                            # (B, C) exactly k False
+    keep_roi = torch.ones(B, C, dtype=torch.bool, device=x.device)
+    if drop_rois:
+        k = (C * 0.1 * torch.rand(B, **kw)).floor().long().clamp(1, C)          # (B,) ROIs to drop
+        r = torch.rand(B, C, **kw)
+        kth = r.sort(dim=1).values.gather(1, (k - 1)[:, None])                  # (B, 1) k-th smallest
+        keep_roi = r > kth                                                        # (B, C) exactly k False
     n = (T * 0.3 * torch.rand(B, **kw)).floor().long().clamp(1, T)              # (B,) run length
     s = (torch.rand(B, **kw) * (T - n + 1)).long().clamp(max=T - n)             # (B,) run start
     t = torch.arange(T, device=x.device)

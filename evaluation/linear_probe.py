@@ -145,19 +145,21 @@ def run_probe(feats, task, seeds, ratios=(4, 1, 8), max_iter=1000):
         out["confusion"] = np.sum([r["confusion"] for r in repeats], axis=0).tolist()
     return out
 
-def paired_differences(results, kind):
-    """Teacher minus each baseline on the same splits: mean, std and wins per metric. Split noise
-    is shared by the methods, so this is a sharper comparison than two independent mean ± std."""
+def paired_differences(results, kind, reference="teacher"):
+    """`reference` (the teacher; finetune.py: the fine-tuned teacher) minus each other method on the
+    same splits: mean, std and wins ("<reference>_better") per metric. Split noise is shared by the
+    methods, so this is a sharper comparison than two independent mean ± std."""
     out = {}
     for name in results:
-        if name == "teacher":
+        if name == reference:
             continue
         out[name] = {}
         for m in METRICS[kind]:
             d = np.array([a["test"][m] - b["test"][m] for a, b in
-                          zip(results["teacher"]["repeats"], results[name]["repeats"])], dtype=float)
+                          zip(results[reference]["repeats"], results[name]["repeats"])], dtype=float)
             better = d < 0 if m == "mae" else d > 0
-            out[name][m] = {**_mean_std(d), "teacher_better": int(better.sum()), "repeats": int(np.isfinite(d).sum())}
+            out[name][m] = {**_mean_std(d), f"{reference}_better": int(better.sum()),
+                            "repeats": int(np.isfinite(d).sum())}
     return out
 
 

@@ -5,7 +5,7 @@ table, mean ± std over the repeats, and teacher − baseline on the same splits
 (bars per method, the teacher's confusion matrix for classes). Every task (`--task all`):
 `format_all_table` (one row per task) and `plot_all` (a dot plot, a row per task). `save` writes
 probe_<task>.json (or probe_all.json) and the PNG beside it; NaN (e.g. an AUROC of a split that
-lacks a class) is written as null.
+lacks a class) is written as null. Fine-tuning (finetune.py) adds `plot_curves`, its training curves.
 
     python probe.py --ckpt runs/demo/teacher.pt --task all      # every label: table, JSON, PNG
 """
@@ -16,8 +16,11 @@ import numpy as np
 from evaluation.linear_probe import ALPHA_GRID, C_GRID, METRICS, PRIMARY
 from machine.fileio import atomic_write
 
-METHOD_TITLES = {"teacher": "pretrained teacher", "random": "random-init encoder", "fc": "FC (Fisher-z)"}
-SHORT_TITLES = {"teacher": "teacher", "random": "random enc.", "fc": "FC"}
+METHOD_TITLES = {"teacher": "pretrained teacher", "random": "random-init encoder", "fc": "FC (Fisher-z)",
+                 "finetuned": "teacher, fine-tuned", "probe": "teacher, linear probe",
+                 "random_finetuned": "random-init encoder, fine-tuned"}
+SHORT_TITLES = {"teacher": "teacher", "random": "random enc.", "fc": "FC", "finetuned": "fine-tuned",
+                "probe": "linear probe", "random_finetuned": "random enc. fine-tuned"}
 METRIC_TITLES = {"balanced_accuracy": "balanced acc (%)", "auroc": "AUROC (%)", "mae": "MAE", "r2": "R²",
                  "pearson_r": "Pearson r"}
 
@@ -48,11 +51,11 @@ def format_metric(m, s, metric):
     return f"{m:.3f} ± {s:.3f}"
 
 
-def _fmt_paired(q, kind, wins=""):
-    """Teacher − baseline on the same splits: mean ± std (percentage points for classes) and the
-    splits the teacher wins, "(wins k/n)"."""
+def _fmt_paired(q, kind, wins="", reference="teacher"):
+    """Reference (teacher) − baseline on the same splits: mean ± std (percentage points for classes)
+    and the splits the reference wins, "(wins k/n)"."""
     scale, d = (100, 1) if kind == "classification" else (1, 3)
-    return f"{scale * q['mean']:+.{d}f} ± {scale * q['std']:.{d}f} ({wins}{q['teacher_better']}/{q['repeats']})"
+    return f"{scale * q['mean']:+.{d}f} ± {scale * q['std']:.{d}f} ({wins}{q[reference + '_better']}/{q['repeats']})"
 
 
 def _align(rows, n_left):
@@ -74,31 +77,33 @@ def format_table(results, kind):
     return _align(rows, 1)
 
 
-def format_all_table(tasks):
-    """--task all: one row per task, mean ± std per method, then teacher − each baseline on the same
-    splits with the number of splits the teacher wins. tasks: {name: run_all's per-task dict}."""
+def format_all_table(tasks, reference="teacher"):
+    """--task all: one row per task, mean ± std per method, then the reference (teacher) − each
+    baseline on the same splits with the number of splits it wins. tasks: {name: run_all's per-task
+    dict, its paired differences under "<reference>_minus_baseline"}."""
     methods = list(next(iter(tasks.values()))["methods"])
-    baselines = [m for m in methods if m != "teacher"]
+    baselines = [m for m in methods if m != reference]
     rows = [["task", "metric"] + [SHORT_TITLES[m] for m in methods]
-            + [f"teacher − {SHORT_TITLES[b]}" for b in baselines]]
+            + [f"{SHORT_TITLES[reference]} − {SHORT_TITLES[b]}" for b in baselines]]
     for name, t in tasks.items():
         m = t["metric"]
         row = [name, METRIC_TITLES[m]]
         row += [format_metric(t["methods"][k]["summary"][m]["mean"], t["methods"][k]["summary"][m]["std"], m)
                 for k in methods]
-        row += [_fmt_paired(t["teacher_minus_baseline"][b][m], t["kind"]) for b in t["teacher_minus_baseline"]]
+        paired = t[f"{reference}_minus_baseline"]
+        row += [_fmt_paired(paired[b][m], t["kind"], reference=reference) for b in paired]
         rows.append(row)
     return _align(rows, 2)
 
 
-def print_results(task, results, paired, cohort, n_repeats):
+def print_results(task, results, paired, cohort, n_repeats, reference="teacher"):
     """The method x metric table and the paired differences (linear_probe.paired_differences) of one task."""
     print(f"\n{task.name} on {cohort}: test subjects, mean ± std over {n_repeats} repeats")
     print(format_table(results, task.kind))
-    m = PRIMARY[task.kind]
+    m, ref = PRIMARY[task.kind], SHORT_TITLES[reference]
     for name, p in paired.items():
-        print(f"teacher − {METHOD_TITLES[name]}, {METRIC_TITLES[m]} on the same splits: "
-              f"{_fmt_paired(p[m], task.kind, 'teacher better in ')}")
+        print(f"{ref} − {METHOD_TITLES[name]}, {METRIC_TITLES[m]} on the same splits: "
+              f"{_fmt_paired(p[m], task.kind, f'{ref} better in ', reference)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,6 +225,30 @@ def plot_results(results, task, path, title):
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title("pretrained teacher, test subjects summed over repeats", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(results, task, path, title):
+    """Fine-tuning curves (finetune.py): train loss and the val metric per epoch, every repeat of
+    every fine-tuned method (results: {method: run_finetune result}), the tested epoch marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    metric = "balanced_accuracy" if task.kind == "classification" else "mae"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for j, (name, res) in enumerate((n, r) for n, r in results.items() if "curves" in r["repeats"][0]):
+        for i, rep in enumerate(res["repeats"]):
+            c = rep["curves"]
+            label = METHOD_TITLES[name] if i == 0 else None
+            axes[0].plot(c["train_loss"], color=f"C{j}", lw=1, alpha=0.7, label=label)
+            axes[1].plot([v[metric] for v in c["val"]], color=f"C{j}", lw=1, alpha=0.7, label=label)
+            axes[1].plot(rep["epoch"], rep["val"][metric], "o", color=f"C{j}", ms=4)
+    axes[0].set(xlabel="epoch", ylabel="train loss")
+    axes[1].set(xlabel="epoch", ylabel=f"val {METRIC_TITLES[metric].replace(' (%)', '')} (dot: the tested epoch)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

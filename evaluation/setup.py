@@ -164,3 +164,8 @@ def load_all_tasks(args, setup):
 def cohort(setup):
     """How reports name the data."""
     return "SYNTHETIC probe cohort" if setup.synthetic else str(setup.data_path)
+
+
+def out_path(args, setup, default_name):
+    """--out, else `default_name` in the run's home: beside the checkpoint (a release's: runs/OWNER--NAME/)."""
+    return Path(args.out) if args.out else setup.home / default_name

@@ -31,8 +31,10 @@ class Progress:
         eta = elapsed / max(done, 1) * (self.total - done)
         unit = f" {self.unit}" if self.unit else ""
         start, end = ("\r", "\n" if done >= self.total else "") if self.tty else ("", "\n")
+        rate = done / elapsed
+        rate = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"         # slow jobs (epochs) are not "0/s"
         sys.stderr.write(f"{start}{self.what}: {done}/{self.total}{unit} ({100 * done / self.total:.0f}%, "
-                         f"{done / elapsed:.0f}{unit}/s, ETA {eta:.0f} s)   {end}")
+                         f"{rate}{unit}/s, ETA {eta:.0f} s)   {end}")
         sys.stderr.flush()
 
 
