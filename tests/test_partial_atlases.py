@@ -135,7 +135,7 @@ def test_absent_networks_take_no_loss():
     m = np.repeat(np.arange(3), 4)                                            # 12 ROIs, 3 networks
     student, teacher = build_models(CONFIG, m, seed=0)
     absent = torch.tensor([False, False, True])
-    s, t = (AbsentNetworks(net, absent, 5) for net in (student, teacher))
+    s, t = (AbsentNetworks(net, absent, student.encoder) for net in (student, teacher))
     x = torch.randn(4, 12, 100)
     y = x.clone()
     y[:, 8:] = torch.randn(4, 4, 100) * 5                                     # other values in the absent network

@@ -94,7 +94,7 @@ class Trainer:
         if absent_networks:
             self.absent = torch.zeros(self.student.encoder.n_networks, dtype=torch.bool, device=device)
             self.absent[list(absent_networks)] = True
-            self.fwd_student, self.fwd_teacher = (AbsentNetworks(f, self.absent, self.student.encoder.n_patches)
+            self.fwd_student, self.fwd_teacher = (AbsentNetworks(f, self.absent, self.student.encoder)
                                                   for f in (self.fwd_student, self.fwd_teacher))
         self.t_params, self.s_params = list(self.teacher.parameters()), list(self.student.parameters())
         self.mask_gen = torch.Generator(device=device)  # slice masks drawn on the device: no host-device copy
@@ -169,11 +169,11 @@ class AbsentNetworks:
     """A student or teacher forward that masks the absent networks (bool (N,)) in all P patches, whatever
     else is masked, and leaves their summaries out of z_net, so L_TTR never sees them."""
 
-    def __init__(self, forward, absent, n_patches):
-        self.forward, self.absent, self.n_patches = forward, absent, n_patches
+    def __init__(self, forward, absent, encoder):
+        self.forward, self.absent, self.encoder = forward, absent, encoder
 
     def __call__(self, x, mask=None, with_tokens=False):
-        hide = self.absent[None, :, None].expand(x.shape[0], -1, self.n_patches)   # (VB, N, P)
+        hide = self.encoder.network_mask(x.shape[0], self.absent, x.device)        # (VB, N, P)
         out = self.forward(x, hide if mask is None else mask | hide, with_tokens)
         out["z_net"] = out["z_net"][:, ~self.absent]                            # (VB, N_present, p)
         return out
